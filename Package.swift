@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "tapdiskd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "TapDisk", targets: ["TapDisk"]),
+        .executable(name: "tapdiskd", targets: ["tapdiskd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // The only C in the project: libaio plus the GNU/Linux-only names Swift cannot import.
+        .target(
+            name: "CLibAIO",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("aio")]
+        ),
+        .target(
+            name: "TapDisk",
+            dependencies: [
+                "CLibAIO",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [
+                // The fault-injection seam exists only in debug (test) builds.
+                .define("TAPDISK_FAULT_INJECTION", .when(configuration: .debug))
+            ]
+        ),
+        .executableTarget(
+            name: "tapdiskd",
+            dependencies: [
+                "TapDisk",
+                "CLibAIO",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "TapDiskTests",
+            dependencies: ["TapDisk", "CLibAIO"],
+            swiftSettings: [.define("TAPDISK_FAULT_INJECTION", .when(configuration: .debug))]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,2 @@
+import TapDisk
+print("tapdiskd")
