@@ -467,3 +467,7 @@ int clibaio_sd_notify(const char *state) {
     close(fd);
     return n < 0 ? -e : 0;
 }
+
+int clibaio_event_opcode(const struct io_event *ev) { return ev->obj ? ev->obj->aio_lio_opcode : -1; }
+
+void clibaio_event_set_res(struct io_event *ev, int64_t res) { ev->res = (unsigned long)res; }

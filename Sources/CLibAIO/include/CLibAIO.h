@@ -73,6 +73,10 @@ void clibaio_prep_fdsync(struct iocb *cb, int fd, int resfd, uint64_t data);
 uint64_t clibaio_event_data(const struct io_event *ev);
 int64_t clibaio_event_res(const struct io_event *ev);
 int clibaio_iocb_opcode(const struct iocb *cb);
+/// The opcode of the iocb an event completes (-1 when the event carries none).
+int clibaio_event_opcode(const struct io_event *ev);
+/// Rewrites an event's result (the fault-injection seam uses this in test builds).
+void clibaio_event_set_res(struct io_event *ev, int64_t res);
 
 extern const int clibaio_IO_CMD_PREADV;
 extern const int clibaio_IO_CMD_PWRITEV;

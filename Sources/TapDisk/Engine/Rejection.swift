@@ -1,0 +1,25 @@
+/// Why a request was answered without any I/O (PROTOCOL.md §4.1), in check order.
+package enum Rejection: String, Sendable, CaseIterable {
+    // EOPNOTSUPP
+    case unsupportedOperation = "unsupported-operation"
+    case secureDiscard = "secure-discard"
+    // ERROR, counted in invalid-requests
+    case badSegmentCount = "bad-segment-count"
+    case firstAfterLast = "first-sect-after-last-sect"
+    case lastSectorBeyondPage = "last-sect-beyond-page"
+    case grefOutOfRange = "gref-out-of-range"
+    case misalignedSegment = "misaligned-segment"
+    case misalignedRange = "misaligned-range"
+    case readOnly = "read-only"
+    case rangeWraps = "range-wraps"
+    case rangeBeyondEnd = "range-beyond-end"
+
+    package var status: BlkifStatus {
+        switch self {
+        case .unsupportedOperation, .secureDiscard: .notSupported
+        default: .error
+        }
+    }
+
+    var index: Int { Self.allCases.firstIndex(of: self)! }
+}

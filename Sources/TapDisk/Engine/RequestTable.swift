@@ -1,0 +1,130 @@
+import CLibAIO
+
+/// Per-request state, one entry per request consumed and not yet answered.
+struct RequestRecord {
+    enum Phase: UInt8 {
+        case free
+        /// Prepared and waiting in the submission queue for `io_submit`.
+        case queued
+        /// Accepted by the kernel; its completion has not been reaped.
+        case submitted
+        /// A BARRIER waiting for everything consumed before it.
+        case waitingForBarrier
+        /// Failed under the `pause` policy; answered only on resume, fail-held, timeout or detach.
+        case held
+    }
+
+    enum Stage: UInt8 {
+        case data
+        case sync
+    }
+
+    var id: UInt64 = 0
+    /// The operation byte exactly as read, echoed in the response.
+    var operationByte: UInt8 = 0
+    var operation: BlkifOperation = .read
+    var sector: UInt64 = 0
+    var segmentCount: Int = 0
+    var dataBytes: Int = 0
+    var discardSectors: UInt64 = 0
+    /// Consumption order: held requests are resubmitted in it.
+    var sequence: UInt64 = 0
+    var phase: Phase = .free
+    var stage: Stage = .data
+    /// Bytes of the data stage already transferred (short completions resume from here).
+    var transferred: Int = 0
+}
+
+/// Preallocated storage for every request the ring can have outstanding.
+///
+/// Sized once per attach from `ring-entries` (the ring check guarantees no more than that many
+/// consumed-and-unanswered requests), so the per-request path never allocates: records, iocbs,
+/// iovecs and segment copies are slots in these arrays, addressed by the record index that also
+/// travels through the kernel as the iocb's `data`.
+struct RequestTable: ~Copyable {
+    let capacity: Int
+    let records: UnsafeMutablePointer<RequestRecord>
+    let iocbs: UnsafeMutablePointer<iocb>
+    let iovecs: UnsafeMutablePointer<iovec>
+    let segments: UnsafeMutablePointer<clibaio_blkif_segment>
+    /// Free record indices (a stack).
+    private let freeStack: UnsafeMutablePointer<Int32>
+    private var freeCount: Int
+    /// FIFO of record indices whose iocb awaits `io_submit`.
+    private let queue: UnsafeMutablePointer<Int32>
+    private var queueHead = 0
+    private(set) var queueCount = 0
+    /// Scratch array of iocb pointers handed to `io_submit`.
+    let submitBatch: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
+    /// Scratch array `io_getevents` fills.
+    let events: UnsafeMutablePointer<io_event>
+    let eventCapacity: Int
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        records = .allocate(capacity: capacity)
+        records.initialize(repeating: RequestRecord(), count: capacity)
+        iocbs = .allocate(capacity: capacity)
+        iocbs.initialize(repeating: iocb(), count: capacity)
+        iovecs = .allocate(capacity: capacity * RingLayout.maxSegments)
+        iovecs.initialize(repeating: iovec(), count: capacity * RingLayout.maxSegments)
+        segments = .allocate(capacity: capacity * RingLayout.maxSegments)
+        segments.initialize(repeating: clibaio_blkif_segment(), count: capacity * RingLayout.maxSegments)
+        freeStack = .allocate(capacity: capacity)
+        for i in 0..<capacity { freeStack[i] = Int32(capacity - 1 - i) }
+        freeCount = capacity
+        queue = .allocate(capacity: capacity)
+        submitBatch = .allocate(capacity: capacity)
+        eventCapacity = min(capacity, 256)
+        events = .allocate(capacity: eventCapacity)
+    }
+
+    deinit {
+        records.deallocate()
+        iocbs.deallocate()
+        iovecs.deallocate()
+        segments.deallocate()
+        freeStack.deallocate()
+        queue.deallocate()
+        submitBatch.deallocate()
+        events.deallocate()
+    }
+
+    var used: Int { capacity - freeCount }
+
+    mutating func allocate() -> Int? {
+        guard freeCount > 0 else { return nil }
+        freeCount -= 1
+        return Int(freeStack[freeCount])
+    }
+
+    mutating func release(_ index: Int) {
+        records[index].phase = .free
+        freeStack[freeCount] = Int32(index)
+        freeCount += 1
+    }
+
+    mutating func enqueue(_ index: Int) {
+        records[index].phase = .queued
+        queue[(queueHead + queueCount) % capacity] = Int32(index)
+        queueCount += 1
+    }
+
+    /// Copies up to `max` queued iocb pointers, oldest first, into `submitBatch`.
+    func fillBatch(max: Int) -> Int {
+        let n = min(max, queueCount)
+        for i in 0..<n {
+            let index = Int(queue[(queueHead + i) % capacity])
+            submitBatch[i] = iocbs + index
+        }
+        return n
+    }
+
+    /// Removes the `n` oldest queued entries (they were accepted, or the first was rejected).
+    mutating func dequeue(_ n: Int) {
+        queueHead = (queueHead + n) % capacity
+        queueCount -= n
+    }
+
+    func queued(at offset: Int) -> Int { Int(queue[(queueHead + offset) % capacity]) }
+}

@@ -1,0 +1,29 @@
+/// Request operations of PROTOCOL.md §3.4. The raw byte is what the frontend wrote; anything
+/// outside this set is answered EOPNOTSUPP.
+package enum BlkifOperation: UInt8, Sendable, CaseIterable {
+    case read = 0
+    case write = 1
+    case writeBarrier = 2
+    case flushDiskCache = 3
+    case discard = 5
+    case indirect = 6
+
+    /// The name events and logs use.
+    package var eventName: String {
+        switch self {
+        case .read: "read"
+        case .write: "write"
+        case .writeBarrier: "barrier"
+        case .flushDiskCache: "flush"
+        case .discard: "discard"
+        case .indirect: "indirect"
+        }
+    }
+}
+
+/// Response status values (§3.3); the guest can be told nothing finer.
+package enum BlkifStatus: Int16, Sendable {
+    case okay = 0
+    case error = -1
+    case notSupported = -2
+}
