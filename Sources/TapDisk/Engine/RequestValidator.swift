@@ -81,7 +81,7 @@ package struct RequestValidator: Sendable {
         if blockSectors > 1, dataSectors > 0, r.sector_number % blockSectors != 0 {
             return .reject(.misalignedRange)
         }
-        if readOnly, op == .write || dataSectors > 0 { return .reject(.readOnly) }
+        if readOnly, op != .read, op == .write || dataSectors > 0 { return .reject(.readOnly) }
         if dataSectors > 0 {
             let (end, overflow) = r.sector_number.addingReportingOverflow(dataSectors)
             if overflow { return .reject(.rangeWraps) }
