@@ -150,7 +150,7 @@ import Testing
         h.submit((0..<20).map { BlkifRequest.write(id: $0, sector: $0 * 8, segments: [BlkifSegment(gref: UInt32($0))]) })
         h.engine.beginDetach()
         #expect(h.engine.state == .closing)
-        #expect(h.waitQuiescent())
+        #expect(h.waitDrained())
         let cons = h.engine.finishDetach()
         h.collect()
         #expect(cons == 20)

@@ -62,8 +62,14 @@ package final class Engine {
     package var held: Int { Int(counters.held) }
     package var ringEntries: UInt32 { isAttached ? ring.entries : 0 }
     package var requestConsumerIndex: UInt32 { ring.reqCons }
-    /// Nothing consumed is still being worked on (held requests wait for a decision, not for I/O).
-    package var isQuiescent: Bool { counters.inFlight == 0 }
+    /// No I/O is queued or in the kernel: what an operator `pause` waits for. Held requests wait
+    /// for a decision, not for I/O, and so does a BARRIER that waits for them.
+    package var isQuiescent: Bool {
+        if let b = barrierIndex, table.records[b].phase == .waitingForBarrier { return counters.inFlight == 1 }
+        return counters.inFlight == 0
+    }
+    /// Every consumed request has been answered: what detach waits for before unmapping.
+    package var isDrained: Bool { counters.inFlight == 0 && counters.held == 0 }
 
     // MARK: - Attach and detach
 
@@ -95,7 +101,7 @@ package final class Engine {
     }
 
     /// Starts a detach or a disconnect: stop consuming, answer held requests ERROR (§2.3). The
-    /// caller waits for `isQuiescent`, then calls `finishDetach`.
+    /// caller waits for `isDrained`, then calls `finishDetach`.
     package func beginDetach() {
         guard isAttached, state != .closing else { return }
         setState(.closing)
@@ -105,7 +111,7 @@ package final class Engine {
 
     /// Unmaps and closes once nothing is in flight. Returns `req_cons`.
     package func finishDetach() -> UInt32 {
-        precondition(isQuiescent, "unmapping with I/O in flight")
+        precondition(isDrained, "unmapping with I/O in flight")
         pushResponses()
         let reqCons = ring.reqCons
         table = RequestTable(capacity: 0)

@@ -37,7 +37,7 @@ final class EngineHarness {
     deinit {
         if engine.isAttached {
             engine.beginDetach()
-            _ = waitQuiescent()
+            _ = waitDrained()
             _ = engine.finishDetach()
         }
         if ownsImage { unlink(imagePath) }
@@ -81,6 +81,17 @@ final class EngineHarness {
     func waitQuiescent(timeoutSeconds: Double = 20) -> Bool {
         let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds * 1e9)
         while !engine.isQuiescent {
+            if MonotonicClock.nanoseconds() > deadline { return false }
+            step()
+        }
+        collect()
+        return true
+    }
+
+    @discardableResult
+    func waitDrained(timeoutSeconds: Double = 20) -> Bool {
+        let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds * 1e9)
+        while !engine.isDrained {
             if MonotonicClock.nanoseconds() > deadline { return false }
             step()
         }
