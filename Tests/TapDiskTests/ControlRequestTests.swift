@@ -2,25 +2,25 @@ import Testing
 
 @testable import TapDisk
 
-func parseRequest(_ text: String) -> Result<ControlRequest, ControlRequest.Failure> {
+private func parseRequest(_ text: String) -> Result<ControlRequest, ControlRequest.Failure> {
     ControlRequest.parse(Array(text.utf8))
 }
 
-func request(_ text: String) throws -> ControlRequest {
+private func request(_ text: String) throws -> ControlRequest {
     try parseRequest(text).get()
 }
 
-func failure(_ text: String) -> ControlRequest.Failure? {
+private func failure(_ text: String) -> ControlRequest.Failure? {
     failure(Array(text.utf8))
 }
 
-func failure(_ bytes: [UInt8]) -> ControlRequest.Failure? {
+private func failure(_ bytes: [UInt8]) -> ControlRequest.Failure? {
     if case .failure(let failure) = ControlRequest.parse(bytes) { return failure }
     return nil
 }
 
-/// The `"tag":...` suffix of a serialized reply, as text.
-func replyText(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+/// A serialized reply as text, for exact comparisons.
+private func replyText(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
 
 @Suite struct ControlRequestParseTests {
     @Test func minimalRequest() throws {
@@ -324,7 +324,7 @@ func replyText(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.se
 }
 
 /// nil when `body` succeeds; a non-`ControlError` failure fails the test.
-func errorCode<T>(_ body: () throws -> T) -> ControlErrorCode? {
+private func errorCode<T>(_ body: () throws -> T) -> ControlErrorCode? {
     do {
         _ = try body()
         return nil
@@ -337,14 +337,14 @@ func errorCode<T>(_ body: () throws -> T) -> ControlErrorCode? {
 }
 
 extension Result where Failure == ControlError {
-    var failureCode: ControlErrorCode? {
+    fileprivate var failureCode: ControlErrorCode? {
         if case .failure(let error) = self { return error.code }
         return nil
     }
 }
 
 extension Result where Success == ControlRequest, Failure == ControlRequest.Failure {
-    var failureCode: ControlErrorCode? {
+    fileprivate var failureCode: ControlErrorCode? {
         if case .failure(let failure) = self { return failure.error.code }
         return nil
     }
@@ -464,7 +464,7 @@ extension Result where Success == ControlRequest, Failure == ControlRequest.Fail
     /// Whatever arrives, parsing never traps and either yields a request or a `bad-request`,
     /// and the error reply built from it is itself valid JSON within one datagram.
     @Test func randomAndMutatedDatagrams() throws {
-        var generator = SplitMix64(seed: 0xDA7A_6A4D)
+        var generator = JSONFuzzRandom(seed: 0xDA7A_6A4D)
         let seeds = [
             #"{"cmd":"attach","ring-page-order":2,"data-pages":1024,"protocol":"x86_64-abi","tag":123456789012345678901234567890}"#,
             #"{"cmd":"resume","fail-held":true,"tag":"r\u00e9sum\u00e9"}"#,

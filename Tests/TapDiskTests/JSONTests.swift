@@ -3,7 +3,7 @@ import Testing
 @testable import TapDisk
 
 /// Deterministic generator so fuzz failures reproduce.
-struct SplitMix64: RandomNumberGenerator {
+struct JSONFuzzRandom: RandomNumberGenerator {
     var state: UInt64
 
     init(seed: UInt64) {
@@ -19,9 +19,9 @@ struct SplitMix64: RandomNumberGenerator {
     }
 }
 
-func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
-func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
+private func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
     do {
         _ = try JSONParser.parse(input)
         return nil
@@ -248,7 +248,7 @@ func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
     }
 }
 
-func parseFailure(_ input: [UInt8], maxDepth: Int) -> JSONParser.Failure? {
+private func parseFailure(_ input: [UInt8], maxDepth: Int) -> JSONParser.Failure? {
     do {
         _ = try JSONParser.parse(input, maxDepth: maxDepth)
         return nil
@@ -415,7 +415,7 @@ func parseFailure(_ input: [UInt8], maxDepth: Int) -> JSONParser.Failure? {
     }
 
     @Test func randomValuesRoundTrip() throws {
-        var generator = SplitMix64(seed: 0x7A9D_15C0)
+        var generator = JSONFuzzRandom(seed: 0x7A9D_15C0)
         for _ in 0..<2000 {
             let value = randomValue(&generator, depth: 0)
             let written = JSONWriter.serialize(value)
@@ -427,7 +427,7 @@ func parseFailure(_ input: [UInt8], maxDepth: Int) -> JSONParser.Failure? {
     }
 }
 
-func randomString(_ generator: inout SplitMix64) -> String {
+private func randomString(_ generator: inout JSONFuzzRandom) -> String {
     let pool: [Unicode.Scalar] = [
         "a", "Z", "0", " ", "\"", "\\", "/", "\u{0}", "\u{8}", "\u{1F}", "\u{7F}", "é", "€", "\u{FFFF}",
         "😀", "\u{10FFFF}", "\u{301}",
@@ -439,7 +439,7 @@ func randomString(_ generator: inout SplitMix64) -> String {
     return text
 }
 
-func randomValue(_ generator: inout SplitMix64, depth: Int) -> JSONValue {
+private func randomValue(_ generator: inout JSONFuzzRandom, depth: Int) -> JSONValue {
     switch Int.random(in: 0..<(depth < 5 ? 9 : 7), using: &generator) {
     case 0: return .null
     case 1: return .bool(Bool.random(using: &generator))
@@ -471,7 +471,7 @@ func randomValue(_ generator: inout SplitMix64, depth: Int) -> JSONValue {
     /// Random bytes inside quotes: the parser must agree with the standard library's UTF-8
     /// validation exactly, for bytes that are neither quotes, backslashes nor control characters.
     @Test func utf8ValidationAgreesWithStandardLibrary() {
-        var generator = SplitMix64(seed: 0xC0FF_EE01)
+        var generator = JSONFuzzRandom(seed: 0xC0FF_EE01)
         // Lead and continuation bytes at the edges of every range in Unicode Table 3-7, so that
         // well-formed and almost-well-formed sequences both come up often.
         let leads: [UInt8] = [
@@ -495,7 +495,7 @@ func randomValue(_ generator: inout SplitMix64, depth: Int) -> JSONValue {
     }
 
     @Test func randomAndMutatedInputsNeverCrash() throws {
-        var generator = SplitMix64(seed: 0x5EED_0001)
+        var generator = JSONFuzzRandom(seed: 0x5EED_0001)
         let seeds = [
             #"{"cmd":"attach","ring-page-order":2,"data-pages":1024,"tag":"x\u00e9\n"}"#,
             #"[1,-0,1.5e-3,true,false,null,"a\"b",{"k":[{}]}]"#,
