@@ -54,7 +54,9 @@ package enum ImageCreator {
             throw Failure(errno: Errno(rawValue: EFBIG), message: "invalid size \(sizeBytes): too large for a file")
         }
 
-        let fd = clibaio_open(path, O_WRONLY | O_CREAT | O_EXCL | clibaio_O_CLOEXEC, 0o600)
+        // O_RDWR, not O_WRONLY: glibc's posix_fallocate emulation (filesystems without
+        // fallocate) reads each block before writing it.
+        let fd = clibaio_open(path, O_RDWR | O_CREAT | O_EXCL | clibaio_O_CLOEXEC, 0o600)
         if fd < 0 {
             let e = Errno(rawValue: -fd)
             if e.rawValue == EEXIST {
@@ -65,7 +67,10 @@ package enum ImageCreator {
 
         do throws(Failure) {
             try fill(fd: fd, path: path, sizeBytes: sizeBytes, preallocation: preallocation)
-            if fsync(fd) != 0 { throw Failure(errno: .current, message: "cannot fsync \(path): \(Errno.current)") }
+            if fsync(fd) != 0 {
+                let e = Errno.current
+                throw Failure(errno: e, message: "cannot fsync \(path): \(e)")
+            }
         } catch {
             close(fd)
             removeAndSyncDirectory(path)

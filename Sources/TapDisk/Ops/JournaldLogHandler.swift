@@ -100,7 +100,9 @@ package struct JournaldLogHandler: LogHandler {
     }
 
     /// One `write(2)` for the whole line; loops only on EINTR or a partial write. Logging must
-    /// never fail the caller, so other errors (EPIPE, EAGAIN, EBADF) drop the line.
+    /// never fail the caller, so other errors (EPIPE, EAGAIN, EBADF) drop the line. (A closed
+    /// journal stream raises SIGPIPE: systemd services get `IgnoreSIGPIPE=yes` by default, and
+    /// the daemon must ignore SIGPIPE at startup when run by hand, so it surfaces here as EPIPE.)
     private static func writeAll(fd: Int32, _ line: String) {
         var bytes = Array(line.utf8)
         bytes.withUnsafeMutableBytes { buffer in
