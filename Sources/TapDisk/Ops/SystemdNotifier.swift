@@ -1,0 +1,94 @@
+import CLibAIO
+import Glibc
+
+/// The daemon's side of systemd's service protocol (`sd_notify(3)`, `sd_listen_fds(3)`), without
+/// linking libsystemd.
+///
+/// `Type=notify` lets the toolstack's `systemctl start` return only once the socket accepts
+/// frontends and the image is open, and `WatchdogSec=` restarts a daemon whose event loop hung.
+/// Every call is a no-op (returning false) when `NOTIFY_SOCKET` is unset, so the same binary runs
+/// unchanged outside systemd.
+package struct SystemdNotifier: Sendable {
+    /// Reads an environment variable. Injected by tests so they need not `setenv` while other
+    /// threads may be reading the process environment.
+    package typealias Environment = @Sendable (String) -> String?
+
+    private let environment: Environment
+
+    package init() { self.init(environment: Self.processEnvironment) }
+
+    package init(environment: @escaping Environment) { self.environment = environment }
+
+    /// `READY=1`: startup finished (socket listening, image open).
+    @discardableResult
+    package func ready() throws(Errno) -> Bool { try send("READY=1") }
+
+    /// `STATUS=...`: a one-line human status shown by `systemctl status`. Newlines are replaced
+    /// because a newline would start a new (unintended) assignment in the datagram.
+    @discardableResult
+    package func status(_ text: String) throws(Errno) -> Bool {
+        let line = String(text.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+        return try send("STATUS=" + line)
+    }
+
+    /// `STOPPING=1`: shutdown began, so systemd does not mistake the exit for a crash.
+    @discardableResult
+    package func stopping() throws(Errno) -> Bool { try send("STOPPING=1") }
+
+    /// `WATCHDOG=1`: the event loop is alive. The caller pings at half of `watchdogInterval`.
+    @discardableResult
+    package func watchdogPing() throws(Errno) -> Bool { try send("WATCHDOG=1") }
+
+    /// The watchdog interval systemd expects pings within (`WATCHDOG_USEC`), or nil when the
+    /// watchdog is off, malformed, zero, or meant for another process (`WATCHDOG_PID`).
+    package var watchdogInterval: Duration? {
+        guard let usecText = environment("WATCHDOG_USEC"), let usec = UInt64(usecText), usec > 0 else {
+            return nil
+        }
+        if let pidText = environment("WATCHDOG_PID") {
+            guard let pid = Int32(pidText), pid == getpid() else { return nil }
+        }
+        return .microseconds(Int64(clamping: usec))
+    }
+
+    /// Sends one raw assignment list. Returns true when a datagram was sent, false when there is
+    /// no `NOTIFY_SOCKET` (not under systemd). A thrown errno is for the caller to log as a
+    /// warning, never a reason to stop serving I/O.
+    @discardableResult
+    package func send(_ state: String) throws(Errno) -> Bool {
+        try Errno.check(clibaio_sd_notify(state)) == 0
+    }
+
+    /// The listening socket systemd passed by socket activation, or nil.
+    ///
+    /// Accepted only when the fds are meant for this process (`LISTEN_PID`), there is exactly one
+    /// (`LISTEN_FDS=1`) and fd 3 really is a listening `AF_UNIX` `SOCK_SEQPACKET` socket, so a
+    /// misconfigured unit falls back to `--socket` (or fails there) instead of serving on the
+    /// wrong kind of socket. The variables are then removed so children never believe the fd is
+    /// theirs. Call it at startup, before other threads exist (it modifies the environment).
+    package static func listenedSocket() -> Int32? {
+        guard let fd = activatedSocket(fd: 3, environment: processEnvironment) else { return nil }
+        unsetenv("LISTEN_PID")
+        unsetenv("LISTEN_FDS")
+        unsetenv("LISTEN_FDNAMES")
+        // systemd hands the fd over without FD_CLOEXEC; nothing we exec should inherit it.
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        return fd
+    }
+
+    /// The checks of `listenedSocket()` without side effects, for a given fd (3 in production,
+    /// `SD_LISTEN_FDS_START`) and environment.
+    package static func activatedSocket(fd: Int32, environment: Environment) -> Int32? {
+        guard let pidText = environment("LISTEN_PID"), let pid = Int32(pidText), pid == getpid(),
+              environment("LISTEN_FDS") == "1",
+              clibaio_is_seqpacket_listener(fd) == 1
+        else { return nil }
+        return fd
+    }
+
+    /// The real process environment.
+    package static let processEnvironment: Environment = { name in
+        guard let p = getenv(name) else { return nil }
+        return String(cString: p)
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+import Testing
+
+/// The shipped units must load cleanly and stay tightly sandboxed. `systemd-analyze` works
+/// offline (no running systemd needed), so this runs in containers and CI too.
+@Suite(.enabled(if: Shell.which("systemd-analyze") != nil, "systemd-analyze not installed"))
+struct SystemdUnitTests {
+    /// The highest acceptable "Overall exposure level" of `systemd-analyze security`.
+    static let maximumExposure = 2.0
+
+    /// Repository root, from this file's location (Tests/TapDiskTests/SystemdUnitTests.swift).
+    static let repoRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    static var unitDir: String { repoRoot + "/systemd" }
+
+    /// `verify` insists that ExecStart's binary exists. The installed path usually does not exist
+    /// on a build machine, so the units are verified from a copy whose ExecStart names the freshly
+    /// built `tapdiskd` (or, if that is missing, any executable: the unit syntax is what is tested).
+    static func executableForVerify() -> String {
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments.first ?? "").deletingLastPathComponent().path + "/tapdiskd",
+            repoRoot + "/.build/debug/tapdiskd",
+            repoRoot + "/.build/release/tapdiskd",
+            "/usr/local/bin/tapdiskd",
+        ]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/bin/true"
+    }
+
+    @Test func unitsVerify() throws {
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("tapdisk-units-\(getpid())-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd@.service", encoding: .utf8)
+        #expect(service.contains("ExecStart=/usr/local/bin/tapdiskd "))
+        try service.replacingOccurrences(of: "ExecStart=/usr/local/bin/tapdiskd ", with: "ExecStart=\(Self.executableForVerify()) ")
+            .write(toFile: tmp + "/tapdiskd@.service", atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(atPath: Self.unitDir + "/tapdiskd@.socket", toPath: tmp + "/tapdiskd@.socket")
+
+        let r = try Shell.run(["systemd-analyze", "verify", "--man=no", tmp + "/tapdiskd@ci.service", tmp + "/tapdiskd@ci.socket"])
+        #expect(r.status == 0, "\(r.stderr)")
+        // verify only warns (exit 0) about unknown keys or unparsable values: treat any warning
+        // about our units as a failure. Lines about unrelated system units are not ours to fix.
+        let ours = r.stderr.split(separator: "\n").filter { $0.contains("tapdiskd") }
+        #expect(ours.isEmpty, "\(ours.joined(separator: "\n"))")
+    }
+
+    @Test func serviceExposureIsAtMost2() throws {
+        let r = try Shell.run(["systemd-analyze", "security", "--offline=true", "--no-pager", Self.unitDir + "/tapdiskd@.service"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let line = try #require(r.stdout.split(separator: "\n").first { $0.contains("Overall exposure level") }, "\(r.stdout)\n\(r.stderr)")
+        // "→ Overall exposure level for tapdiskd@i.service: 0.7 SAFE 😀"
+        let afterColon = try #require(line.split(separator: ":").last)
+        let number = try #require(afterColon.split(separator: " ").first.flatMap { Double($0) }, "\(line)")
+        #expect(number <= Self.maximumExposure, "\(line)")
+    }
+
+    @Test func socketIsSeqpacketAndPrivate() throws {
+        let socket = try String(contentsOfFile: Self.unitDir + "/tapdiskd@.socket", encoding: .utf8)
+        #expect(socket.contains("ListenSequentialPacket=/run/tapdisk/%i.sock"))
+        #expect(socket.contains("SocketMode=0600"))
+        #expect(socket.contains("RemoveOnStop=yes"))
+        let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd@.service", encoding: .utf8)
+        for key in ["Type=notify", "NotifyAccess=main", "Restart=on-failure", "EnvironmentFile=/etc/tapdisk/%i.conf",
+                    "Requires=tapdiskd@%i.socket", "RestrictAddressFamilies=AF_UNIX"] {
+            #expect(service.contains(key), "\(key)")
+        }
+        #expect(service.contains("WatchdogSec="))
+    }
+}
