@@ -49,7 +49,12 @@ package struct FileDescriptor: ~Copyable {
     }
 
     package func duplicate() throws(Errno) -> FileDescriptor {
-        let fd = fcntl(rawValue, F_DUPFD_CLOEXEC, 0)
+        try Self.duplicate(raw: rawValue)
+    }
+
+    /// A new owned descriptor for the same open file (the original stays with its owner).
+    package static func duplicate(raw: Int32) throws(Errno) -> FileDescriptor {
+        let fd = fcntl(raw, F_DUPFD_CLOEXEC, 0)
         if fd < 0 { throw Errno.current }
         return FileDescriptor(adopting: fd)
     }

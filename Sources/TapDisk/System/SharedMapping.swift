@@ -10,8 +10,13 @@ package struct SharedMapping: ~Copyable {
 
     /// Maps `byteCount` bytes of `fd` shared and writable.
     package init(fd: borrowing FileDescriptor, byteCount: Int) throws(Errno) {
+        try self.init(rawFD: fd.rawValue, byteCount: byteCount)
+    }
+
+    /// Maps an fd this code does not own (one just received over the socket).
+    package init(rawFD: Int32, byteCount: Int) throws(Errno) {
         guard byteCount > 0 else { throw Errno(rawValue: EINVAL) }
-        let p = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, fd.rawValue, 0)
+        let p = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, rawFD, 0)
         guard let p, p != MAP_FAILED else { throw Errno.current }
         self.base = p
         self.byteCount = byteCount

@@ -1,0 +1,87 @@
+import CLibAIO
+import Glibc
+
+/// The `attach` command's checks (§2.2), in the protocol's precedence: `bad-request` (field
+/// types), then `busy`, then `invalid-argument` (values and fds).
+///
+/// Everything checked here came from a client that may be buggy or hostile: the memfd could be
+/// a regular file, shrinkable under our mapping (SIGBUS in the daemon), or write-sealed; the
+/// "eventfds" could be pipes or semaphores. Nothing is mapped or kept until all checks pass.
+struct AttachRequest {
+    let pageOrder: Int
+    let dataPages: Int
+
+    /// Field-type checks only (`bad-request`): values are judged after the `busy` check.
+    init(_ request: ControlRequest) throws(ControlError) {
+        let order = try Self.integerToken(request, "ring-page-order")
+        let pages = try Self.integerToken(request, "data-pages")
+        if let protocolValue = request.arguments["protocol"], protocolValue.stringValue == nil {
+            throw .badRequest("protocol must be a string")
+        }
+        // Values beyond 64 bits are out of range: mapped to -1 so the range check rejects them.
+        pageOrder = order.int64.map { Int(clamping: $0) } ?? -1
+        dataPages = pages.int64.map { Int(clamping: $0) } ?? -1
+        protocolName = request.arguments["protocol"]?.stringValue
+    }
+
+    let protocolName: String?
+
+    private static func integerToken(_ request: ControlRequest, _ key: String) throws(ControlError) -> JSONNumber {
+        guard let value = request.arguments[key] else { throw .badRequest("missing field \(key)") }
+        guard let n = value.numberValue, n.isInteger else { throw .badRequest("\(key) must be an integer") }
+        return n
+    }
+
+    /// Value and fd checks (`invalid-argument`); on success the mapping and the two eventfds,
+    /// owned. The caller closes every received fd whatever happens (the memfd is not kept: the
+    /// mapping holds the memory).
+    func validate(fds: [Int32], controlTruncated: Bool, maxRingPageOrder: Int) throws(ControlError) -> RingAttachment {
+        guard fds.count == 3, !controlTruncated else {
+            throw .invalidArgument("attach needs exactly three fds (shared memory, kick, notify); got \(fds.count)")
+        }
+        guard (0...maxRingPageOrder).contains(pageOrder) else {
+            throw .invalidArgument("ring-page-order must be 0...\(maxRingPageOrder)")
+        }
+        guard (1...RingLayout.maxDataPages).contains(dataPages) else {
+            throw .invalidArgument("data-pages must be 1...\(RingLayout.maxDataPages)")
+        }
+        if let protocolName, protocolName != "x86_64-abi" {
+            throw .invalidArgument("unsupported protocol \(protocolName); v1 supports x86_64-abi")
+        }
+        let memfd = fds[0]
+        let seals = clibaio_get_seals(memfd)
+        guard seals >= 0 else { throw .invalidArgument("the shared memory fd has no seals interface (not a memfd)") }
+        guard seals & clibaio_F_SEAL_SHRINK != 0 else { throw .invalidArgument("the memfd must be sealed with F_SEAL_SHRINK") }
+        guard seals & (clibaio_F_SEAL_WRITE | clibaio_F_SEAL_FUTURE_WRITE) == 0 else {
+            throw .invalidArgument("the memfd must not be write-sealed")
+        }
+        let bytes = RingLayout.sharedBytes(pageOrder: pageOrder, dataPages: dataPages)
+        var st = stat()
+        guard fstat(memfd, &st) == 0, Int(st.st_size) >= bytes else {
+            throw .invalidArgument("the memfd is smaller than the \(bytes) bytes the ring and data pages need")
+        }
+        for (name, fd) in [("kick", fds[1]), ("notify", fds[2])] {
+            var semaphore: Int32 = 0
+            let kind = clibaio_fd_is_eventfd(fd, &semaphore)
+            guard kind == 1 else { throw .invalidArgument("the \(name) fd is not an eventfd") }
+            guard semaphore == 0 else { throw .invalidArgument("the \(name) eventfd must not be a semaphore eventfd") }
+        }
+        let mapping: SharedMapping
+        do {
+            mapping = try SharedMapping(rawFD: memfd, byteCount: bytes)
+        } catch {
+            throw .invalidArgument("cannot map the memfd shared and writable: \(error.name)")
+        }
+        return RingAttachment(
+            mapping: mapping, kick: try Self.duplicate(fds[1]), notify: try Self.duplicate(fds[2]),
+            pageOrder: pageOrder, dataPages: dataPages)
+    }
+
+    private static func duplicate(_ fd: Int32) throws(ControlError) -> FileDescriptor {
+        do {
+            return try FileDescriptor.duplicate(raw: fd)
+        } catch {
+            throw .internalError("dup: \(error.name)")
+        }
+    }
+}

@@ -1,0 +1,131 @@
+import Glibc
+
+/// The §2.1 commands. Each either replies at once or leaves a `Deferred` reply on the connection
+/// that `settle` sends when the engine reaches the state it waits for.
+extension Daemon {
+    func handle(_ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool) {
+        let tag = request.tag
+        do throws(ControlError) {
+            switch request.command {
+            case "info":
+                reply(connection, ControlReply.ok(fields: info(), tag: tag))
+            case "attach":
+                try attach(request, from: connection, fds: fds, controlTruncated: controlTruncated)
+            case "detach":
+                try detach(tag: tag, from: connection)
+            case "status":
+                reply(connection, ControlReply.ok(fields: status(), tag: tag))
+            case "stats":
+                reply(connection, ControlReply.ok(fields: ["counters": .object(stats())], tag: tag))
+            case "pause":
+                try pause(tag: tag, from: connection)
+            case "resume":
+                let failHeld = try request.bool("fail-held") ?? false
+                try requireAttached()
+                guard engine.state.isPaused else { throw .wrongState("resume: the disk is \(engine.state.name), not paused") }
+                let r = engine.resume(failHeld: failHeld)
+                logger.notice("resumed", metadata: ["image": "\(config.imagePath)", "resubmitted": "\(r.resubmitted)", "failed": "\(r.failed)"])
+                reply(connection, ControlReply.ok(fields: ["resubmitted": .integer(r.resubmitted), "failed": .integer(r.failed)], tag: tag))
+            case "subscribe":
+                connection.subscribed = true
+                reply(connection, ControlReply.ok(tag: tag))
+            default:
+                throw .unknownCommand("unknown command \(request.command)")
+            }
+        } catch {
+            reply(connection, ControlReply.error(error, tag: tag))
+        }
+    }
+
+    private func requireAttached() throws(ControlError) {
+        guard engine.isAttached else { throw .notAttached("no frontend is attached") }
+    }
+
+    func info() -> JSONObject {
+        let g = engine.image.geometry
+        return [
+            "protocol": 1,
+            "image": .string(config.imagePath),
+            "sectors": .uint(g.sectors),
+            "sector-size": .uint(UInt64(g.sectorSize)),
+            "physical-sector-size": .uint(UInt64(g.physicalSectorSize)),
+            "readonly": .bool(config.readOnly),
+            "features": .object([
+                "flush": true, "barrier": true, "discard": .bool(g.discard),
+                "discard-granularity": .uint(UInt64(g.discardGranularity)), "indirect-segments": 0,
+            ]),
+            "max-ring-page-order": .integer(config.maxRingPageOrder),
+            "state": .string(engine.state.name),
+        ]
+    }
+
+    func status() -> JSONObject {
+        let space: JSONObject
+        if let s = engine.image.filesystemSpace() {
+            space = [
+                "apparent-bytes": .uint(s.apparentBytes), "allocated-bytes": .uint(s.allocatedBytes),
+                "fs-free-bytes": .uint(s.freeBytes), "overcommit-bytes": .uint(s.overcommitBytes),
+            ]
+        } else {
+            space = ["apparent-bytes": .null, "allocated-bytes": .null, "fs-free-bytes": .null, "overcommit-bytes": .null]
+        }
+        return [
+            "state": .string(engine.state.name),
+            "reason": engine.state.reason.map { .string($0) } ?? .null,
+            "io-status": .string(engine.ioStatus.rawValue),
+            "in-flight": .integer(engine.inFlight),
+            "held": .integer(engine.held),
+            "attached": .bool(engine.isAttached),
+            "image-space": .object(space),
+            "uptime-seconds": .double((uptimeSeconds * 1000).rounded() / 1000),
+        ]
+    }
+
+    func stats() -> JSONObject {
+        var counters = JSONObject()
+        for (name, value) in engine.counters.named { counters.set(name, .uint(value)) }
+        var reasons = JSONObject()
+        for r in Rejection.allCases { reasons.set(r.rawValue, .uint(engine.counters.rejections[r])) }
+        counters.set("rejections", .object(reasons))
+        return counters
+    }
+
+    private func attach(_ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool) throws(ControlError) {
+        let parsed = try AttachRequest(request)
+        guard !engine.isAttached else { throw .busy("a frontend is already attached") }
+        let attachment = try parsed.validate(fds: fds, controlTruncated: controlTruncated, maxRingPageOrder: config.maxRingPageOrder)
+        do {
+            try engine.attach(attachment)
+        } catch {
+            switch error {
+            case .ringState: throw .invalidArgument("req_prod - rsp_prod exceeds ring-entries")
+            case .alreadyAttached: throw .busy("a frontend is already attached")
+            case .ringOrderTooLarge: throw .invalidArgument("ring-page-order too large")
+            }
+        }
+        owner = connection.token
+        registerKick()
+        logger.info("attached", metadata: ["image": "\(config.imagePath)", "ring-page-order": "\(parsed.pageOrder)", "data-pages": "\(parsed.dataPages)"])
+        var fields = info()
+        fields.set("ring-entries", .uint(UInt64(engine.ringEntries)))
+        reply(connection, ControlReply.ok(fields: fields, tag: request.tag))
+    }
+
+    private func detach(tag: JSONValue?, from connection: ControlConnection) throws(ControlError) {
+        try requireAttached()
+        guard engine.state != .closing else { throw .wrongState("a detach is already in progress") }
+        connection.deferred = .detach(tag: tag, responsesAtStart: engine.counters.responses)
+        engine.beginDetach()
+    }
+
+    private func pause(tag: JSONValue?, from connection: ControlConnection) throws(ControlError) {
+        try requireAttached()
+        switch engine.state {
+        case .closing: throw .wrongState("the disk is closing")
+        case .halted: throw .wrongState("the disk is halted (frontend violation)")
+        default: break
+        }
+        engine.pause()
+        connection.deferred = .pause(tag: tag)
+    }
+}

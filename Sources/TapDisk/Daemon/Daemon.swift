@@ -1,0 +1,411 @@
+import CLibAIO
+import Glibc
+import Logging
+
+/// The per-disk daemon: one thread, one epoll, serving one image to at most one frontend.
+///
+/// Every source the disk reacts to (the kick eventfd, the AIO completion eventfd, the control
+/// socket and its connections, a 500 ms timer, signals) is a token in one epoll set, and each
+/// wakeup runs to completion before the next sleep. Control commands therefore see the engine
+/// between requests, never in the middle of one, and no lock exists anywhere.
+package final class Daemon {
+    package struct StartError: Error, CustomStringConvertible {
+        package var description: String
+    }
+
+    enum Token {
+        static let completions: UInt64 = 1
+        static let kick: UInt64 = 2
+        static let listener: UInt64 = 3
+        static let timer: UInt64 = 4
+        static let signals: UInt64 = 5
+        static let firstConnection: UInt64 = 100
+    }
+
+    let config: DaemonConfiguration
+    let engine: Engine
+    var logger: Logger
+    private let poller: Poller
+    private let listener: FileDescriptor
+    /// The socket file this process created and must remove at exit (nil under activation).
+    private let ownedSocketPath: String?
+    private let timer: FileDescriptor
+    private let signals: FileDescriptor
+    private let notifier = SystemdNotifier()
+    private let startNanos = MonotonicClock.nanoseconds()
+
+    var connections: [UInt64: ControlConnection] = [:]
+    private var nextToken = Token.firstConnection
+    /// The connection that attached the current frontend.
+    var owner: UInt64? = nil
+    /// SIGTERM/SIGINT arrived: drain like `detach`, then exit 0.
+    private var terminating = false
+    private var rateLimiter = IOErrorRateLimiter()
+    private var lowSpaceArmed = true
+    private var lastWatchdogNanos: UInt64 = 0
+    private var lastStatusNanos: UInt64 = 0
+    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
+
+    /// Opens the image and binds the socket. The socket comes last, so a daemon that fails to
+    /// start creates no socket file (§1).
+    package init(config: DaemonConfiguration, logger: Logger) throws(StartError) {
+        self.config = config
+        self.logger = logger
+        let image: Image
+        do {
+            image = try Image(path: config.imagePath, cache: config.cache, readOnly: config.readOnly)
+        } catch {
+            throw StartError(description: error.description)
+        }
+        do {
+            engine = try Engine(image: image, policy: config.policy, maxRingPageOrder: config.maxRingPageOrder)
+            poller = try Poller()
+            timer = FileDescriptor(adopting: try Errno.check(clibaio_timerfd_periodic(500)))
+            var sigs: [Int32] = [SIGTERM, SIGINT]
+            signals = FileDescriptor(adopting: try Errno.check(clibaio_signalfd(&sigs, 2)))
+        } catch {
+            throw StartError(description: "cannot set up the event loop: \(error)")
+        }
+        signal(SIGPIPE, SIG_IGN)
+        if let activated = SystemdNotifier.listenedSocket() {
+            listener = FileDescriptor(adopting: activated)
+            ownedSocketPath = nil
+            _ = fcntl(activated, F_SETFL, fcntl(activated, F_GETFL) | O_NONBLOCK)
+        } else {
+            guard let path = config.socketPath else {
+                throw StartError(description: "--socket PATH is required (or start under systemd socket activation)")
+            }
+            listener = try Self.listen(at: path)
+            ownedSocketPath = path
+        }
+        do {
+            try poller.add(engine.completionFD, token: Token.completions)
+            try poller.add(listener.rawValue, token: Token.listener)
+            try poller.add(timer.rawValue, token: Token.timer)
+            try poller.add(signals.rawValue, token: Token.signals)
+        } catch {
+            if let ownedSocketPath { unlink(ownedSocketPath) }
+            throw StartError(description: "epoll: \(error)")
+        }
+        engine.onEvent = { [unowned self] event in self.engineEvent(event) }
+    }
+
+    deinit {
+        receiveBuffer.deallocate()
+    }
+
+    /// Binds the control socket, replacing a stale socket file but never a live daemon's.
+    private static func listen(at path: String) throws(StartError) -> FileDescriptor {
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFSOCK else {
+                throw StartError(description: "\(path) exists and is not a socket")
+            }
+            let probe = clibaio_unix_connect(path)
+            if probe >= 0 {
+                close(probe)
+                throw StartError(description: "\(path): a live tapdiskd is already serving this socket")
+            }
+            guard -probe == ECONNREFUSED || -probe == ENOENT else {
+                throw StartError(description: "\(path): cannot probe the existing socket: \(Errno(rawValue: -probe))")
+            }
+            unlink(path)
+        }
+        let fd = clibaio_unix_listen(path, 64)
+        guard fd >= 0 else { throw StartError(description: "cannot listen on \(path): \(Errno(rawValue: -fd))") }
+        return FileDescriptor(adopting: fd)
+    }
+
+    // MARK: - The loop
+
+    /// Serves until SIGTERM/SIGINT has drained the disk. Returns the exit status.
+    package func run() -> Int32 {
+        _ = try? notifier.ready()
+        sendStatus()
+        logger.info(
+            "serving",
+            metadata: [
+                "image": "\(config.imagePath)", "socket": "\(ownedSocketPath ?? "(socket activation)")",
+                "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
+            ])
+        while !(terminating && !engine.isAttached) {
+            let timeout: Int32 = engine.submitBackoff ? 1 : 1000
+            poller.wait(timeoutMilliseconds: timeout) { ready in self.dispatch(ready) }
+            if engine.submitBackoff { engine.service() }
+            settle()
+        }
+        _ = try? notifier.stopping()
+        if let ownedSocketPath { unlink(ownedSocketPath) }
+        logger.info("exiting", metadata: ["image": "\(config.imagePath)"])
+        return 0
+    }
+
+    private func dispatch(_ ready: Poller.Ready) {
+        switch ready.token {
+        case Token.completions: engine.handleCompletions()
+        case Token.kick: engine.handleKick()
+        case Token.listener: acceptConnections()
+        case Token.timer:
+            var expirations: UInt64 = 0
+            _ = read(timer.rawValue, &expirations, 8)
+            periodic()
+        case Token.signals:
+            while true {
+                let sig = clibaio_signalfd_read(signals.rawValue)
+                guard sig > 0 else { break }
+                beginTermination(signal: sig)
+            }
+        default:
+            guard let connection = connections[ready.token] else { return }
+            if ready.events & clibaio_EPOLLOUT != 0 { flush(connection) }
+            if ready.isReadable || ready.isHangup { readRequests(connection) }
+        }
+    }
+
+    /// After each wakeup: owed replies whose condition now holds, a finished drain, closed peers.
+    private func settle() {
+        if engine.state == .closing && engine.isDrained {
+            completeDetach()
+        }
+        for connection in connections.values {
+            if case .pause(let tag) = connection.deferred, engine.isQuiescent {
+                connection.deferred = nil
+                reply(connection, ControlReply.ok(tag: tag))
+                readRequests(connection)
+            }
+        }
+        for (token, connection) in connections where connection.isClosed {
+            closeConnection(token)
+        }
+    }
+
+    private func completeDetach() {
+        poller.remove(engine.kickFD)
+        let responsesBefore: UInt64? = connections.values.lazy.compactMap { c -> UInt64? in
+            if case .detach(_, let start) = c.deferred { return start }
+            return nil
+        }.first
+        let completedBase = responsesBefore ?? engine.counters.responses
+        let reqCons = engine.finishDetach()
+        owner = nil
+        let completed = engine.counters.responses - completedBase
+        for connection in connections.values {
+            guard case .detach(let tag, _) = connection.deferred else { continue }
+            connection.deferred = nil
+            reply(connection, ControlReply.ok(fields: ["completed": .uint(completed), "req-cons": .uint(UInt64(reqCons))], tag: tag))
+            readRequests(connection)
+        }
+        logger.info("detached", metadata: ["image": "\(config.imagePath)", "req-cons": "\(reqCons)"])
+    }
+
+    private func beginTermination(signal: Int32) {
+        logger.notice("signal \(signal == SIGTERM ? "SIGTERM" : "SIGINT"): draining and exiting")
+        if !terminating {
+            terminating = true
+            _ = try? notifier.stopping()
+        }
+        if engine.isAttached && engine.state != .closing { engine.beginDetach() }
+    }
+
+    /// The 500 ms timer: pause timeout and auto-resume, low-space, watchdog, status.
+    private func periodic() {
+        let now = MonotonicClock.nanoseconds()
+        engine.tick(nowNanos: now)
+        checkLowSpace()
+        if let interval = notifier.watchdogInterval {
+            let half = UInt64(interval.components.seconds) * 500_000_000 + UInt64(interval.components.attoseconds / 2_000_000_000)
+            if now &- lastWatchdogNanos >= half {
+                lastWatchdogNanos = now
+                _ = try? notifier.watchdogPing()
+            }
+        }
+        if now &- lastStatusNanos >= 5_000_000_000 { sendStatus() }
+    }
+
+    private func checkLowSpace() {
+        guard let threshold = config.lowSpaceThreshold, let space = engine.image.filesystemSpace() else { return }
+        let limit = threshold.thresholdBytes(filesystemSizeBytes: space.totalBytes)
+        if space.freeBytes < limit {
+            if lowSpaceArmed {
+                lowSpaceArmed = false
+                logger.warning("low space", metadata: ["image": "\(config.imagePath)", "fs-free-bytes": "\(space.freeBytes)", "threshold-bytes": "\(limit)"])
+                broadcast(event: "low-space", ["fs-free-bytes": .uint(space.freeBytes), "threshold-bytes": .uint(limit)])
+            }
+        } else if space.freeBytes > limit {
+            lowSpaceArmed = true
+        }
+    }
+
+    private func sendStatus() {
+        lastStatusNanos = MonotonicClock.nanoseconds()
+        let c = engine.counters
+        let text = "state=\(engine.state.name)\(engine.state.reason.map { "(\($0))" } ?? "") io-status=\(engine.ioStatus.rawValue) in-flight=\(c.inFlight) held=\(c.held) ok=\(c.responsesOkay) error=\(c.responsesError)"
+        _ = try? notifier.status(text)
+    }
+
+    // MARK: - Engine events → subscribers and the log
+
+    private func engineEvent(_ event: EngineEvent) {
+        switch event {
+        case .ioError(let operation, let errno, let action, let sector):
+            guard let suppressed = rateLimiter.admit(operation: operation, errno: errno.rawValue, nowNanos: MonotonicClock.nanoseconds()) else { return }
+            logger.error(
+                "I/O error",
+                metadata: [
+                    "image": "\(config.imagePath)", "operation": "\(operation)", "sector": "\(sector)",
+                    "errno": "\(errno.name)", "action": "\(action.rawValue)", "suppressed": "\(suppressed)",
+                ])
+            broadcast(
+                event: "io-error",
+                [
+                    "operation": .string(operation), "errno": .string(errno.name), "errno-value": .int(Int64(errno.rawValue)),
+                    "nospace": .bool(errno.isNoSpace), "action": .string(action.rawValue), "sector": .uint(sector),
+                    "suppressed": .uint(suppressed),
+                ])
+        case .stateChanged(let state):
+            logger.notice("state \(state.name)", metadata: ["image": "\(config.imagePath)", "reason": "\(state.reason ?? "none")"])
+            broadcast(event: "state-changed", ["state": .string(state.name), "reason": state.reason.map { .string($0) } ?? .null])
+            sendStatus()
+        case .frontendViolation(let message):
+            logger.error("frontend violation: \(message)", metadata: ["image": "\(config.imagePath)"])
+            broadcast(event: "frontend-violation", ["message": .string(message)])
+        }
+    }
+
+    func broadcast(event name: String, _ fields: JSONObject) {
+        for connection in connections.values where connection.subscribed && !connection.isClosed {
+            if connection.outbox.count >= ControlConnection.eventQueueLimit {
+                connection.droppedEvents += 1
+                continue
+            }
+            let dropped = connection.droppedEvents
+            connection.droppedEvents = 0
+            send(connection, ControlReply.event(name: name, fields: fields, dropped: dropped > 0 ? dropped : nil))
+        }
+    }
+
+    // MARK: - Connections
+
+    private func acceptConnections() {
+        for _ in 0..<64 {
+            let fd = clibaio_accept(listener.rawValue)
+            guard fd >= 0 else { return }
+            let token = nextToken
+            nextToken += 1
+            let connection = ControlConnection(fd: FileDescriptor(adopting: fd), token: token)
+            do {
+                try poller.add(fd, token: token, events: clibaio_EPOLLIN | clibaio_EPOLLRDHUP)
+            } catch {
+                continue
+            }
+            connections[token] = connection
+        }
+    }
+
+    /// Reads and answers datagrams until the socket is empty or a reply must wait.
+    private func readRequests(_ connection: ControlConnection) {
+        var budget = 64
+        while budget > 0, connection.deferred == nil, !connection.isClosed {
+            budget -= 1
+            var fds = [Int32](repeating: -1, count: 8)
+            var nfds: Int32 = 0
+            var flags: Int32 = 0
+            let n = clibaio_recv_datagram(
+                connection.fd.rawValue, receiveBuffer.baseAddress, receiveBuffer.count, &fds, 8, &nfds, &flags)
+            if n < 0 {
+                if -n != EAGAIN && -n != EINTR { connection.isClosed = true }
+                break
+            }
+            let received = Array(fds.prefix(Int(min(nfds, 8))))
+            defer { for fd in received { close(fd) } }
+            if n == 0 && received.isEmpty && clibaio_peer_hung_up(connection.fd.rawValue) == 1 {
+                connection.isClosed = true
+                break
+            }
+            if n > ControlRequest.maxDatagramSize || flags & clibaio_MSG_TRUNC != 0 {
+                reply(connection, ControlReply.error(.badRequest("datagram larger than 65536 bytes"), tag: nil))
+                continue
+            }
+            if n == 0 {
+                reply(connection, ControlReply.error(.badRequest("empty datagram"), tag: nil))
+                continue
+            }
+            let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
+            switch ControlRequest.parse(bytes) {
+            case .failure(let failure):
+                reply(connection, ControlReply.error(failure))
+            case .success(let request):
+                handle(request, from: connection, fds: received, controlTruncated: flags & clibaio_MSG_CTRUNC != 0 || nfds > 8)
+            }
+        }
+        // The peer hung up and nothing more is queued for reading: close after this batch.
+        if !connection.isClosed, connection.deferred == nil, clibaio_peer_hung_up(connection.fd.rawValue) == 1 {
+            var probe: UInt8 = 0
+            if recv(connection.fd.rawValue, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0 { connection.isClosed = true }
+        }
+        updateInterest(connection)
+    }
+
+    /// Reading pauses while a reply is owed (keeps replies in request order); writing is watched
+    /// only while the outbox holds something.
+    private func updateInterest(_ connection: ControlConnection) {
+        guard !connection.isClosed else { return }
+        var events = clibaio_EPOLLRDHUP
+        if connection.deferred == nil { events |= clibaio_EPOLLIN }
+        if !connection.outbox.isEmpty { events |= clibaio_EPOLLOUT }
+        try? poller.modify(connection.fd.rawValue, token: connection.token, events: events)
+    }
+
+    func reply(_ connection: ControlConnection, _ bytes: [UInt8]) {
+        if connection.outbox.count >= ControlConnection.replyQueueLimit {
+            connection.isClosed = true
+            return
+        }
+        send(connection, bytes)
+    }
+
+    private func send(_ connection: ControlConnection, _ bytes: [UInt8]) {
+        guard !connection.isClosed else { return }
+        if connection.outbox.isEmpty {
+            let n = bytes.withUnsafeBytes { clibaio_send_datagram(connection.fd.rawValue, $0.baseAddress, $0.count, nil, 0, 1) }
+            if n >= 0 { return }
+            if -n != EAGAIN {
+                connection.isClosed = true
+                return
+            }
+        }
+        connection.outbox.append(bytes)
+        updateInterest(connection)
+    }
+
+    private func flush(_ connection: ControlConnection) {
+        while !connection.outbox.isEmpty {
+            let n = connection.outbox[0].withUnsafeBytes {
+                clibaio_send_datagram(connection.fd.rawValue, $0.baseAddress, $0.count, nil, 0, 1)
+            }
+            if n < 0 {
+                if -n != EAGAIN { connection.isClosed = true }
+                break
+            }
+            connection.outbox.removeFirst()
+        }
+        updateInterest(connection)
+    }
+
+    private func closeConnection(_ token: UInt64) {
+        guard let connection = connections.removeValue(forKey: token) else { return }
+        poller.remove(connection.fd.rawValue)
+        if owner == token {
+            // The frontend died: serve out what it consumed, then back to idle (§2.3).
+            owner = nil
+            logger.warning("frontend connection closed without detach; draining", metadata: ["image": "\(config.imagePath)"])
+            if engine.isAttached && engine.state != .closing { engine.beginDetach() }
+        }
+    }
+
+    func registerKick() {
+        try? poller.add(engine.kickFD, token: Token.kick)
+    }
+
+    var uptimeSeconds: Double { Double(MonotonicClock.nanoseconds() - startNanos) / 1e9 }
+}

@@ -1,0 +1,37 @@
+import ArgumentParser
+import Glibc
+import TapDisk
+
+extension ImageCreator.Preallocation: ExpressibleByArgument {}
+
+/// `tapdiskd create`, like `qemu-img create` for raw images, but it never overwrites a file and
+/// gives back every block of a preallocation that failed.
+struct CreateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a raw disk image.")
+
+    @Argument(help: "Path of the new image (must not exist).")
+    var path: String
+
+    @Option(help: "Size in bytes, with an optional K, M, G or T suffix (powers of 1024).")
+    var size: String
+
+    @Option(help: "off (sparse), falloc (posix_fallocate) or full (write zeros).")
+    var preallocate: ImageCreator.Preallocation = .off
+
+    func run() throws {
+        let bytes: UInt64
+        do {
+            bytes = try ByteSize.parse(size)
+        } catch {
+            printError("tapdiskd: --size: \(error.message)")
+            throw ExitCode(1)
+        }
+        do {
+            try ImageCreator.create(path: path, sizeBytes: bytes, preallocation: preallocate)
+        } catch {
+            printError("tapdiskd: \(error.message)")
+            throw ExitCode(1)
+        }
+        print("created \(path): \(bytes) bytes, preallocation \(preallocate.rawValue)")
+    }
+}

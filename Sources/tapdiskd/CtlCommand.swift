@@ -1,0 +1,88 @@
+import ArgumentParser
+import TapDisk
+
+/// `tapdiskd ctl`: the toolstack's commands from a shell, over the library's one client.
+struct CtlCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ctl", abstract: "Control a running tapdiskd: info, status, stats, pause, resume, detach, events.")
+
+    enum Action: String, ExpressibleByArgument, CaseIterable {
+        case info, status, stats, pause, resume, detach, events
+    }
+
+    @Option(help: "The daemon's control socket.")
+    var socket: String
+
+    @Argument(help: "info | status | stats | pause | resume | detach | events")
+    var action: Action
+
+    @Flag(name: .customLong("fail-held"), help: "With resume: answer held requests ERROR instead of resubmitting them.")
+    var failHeld = false
+
+    @Flag(help: "Print replies and events as JSON (one object per line).")
+    var json = false
+
+    func run() throws {
+        let client: ControlClient
+        do {
+            client = try ControlClient(socketPath: socket)
+        } catch {
+            printError("tapdiskd: cannot connect to \(socket): \(error)")
+            throw ExitCode(1)
+        }
+        do {
+            if action == .events {
+                try client.call("subscribe")
+                while true {
+                    guard let event = try client.nextEvent(timeoutMilliseconds: 60_000) else { continue }
+                    print(json ? JSONWriter.string(.object(event)) : Self.humanEvent(event))
+                }
+            }
+            var arguments = JSONObject()
+            if action == .resume && failHeld { arguments.set("fail-held", true) }
+            let reply = try client.request(action.rawValue, arguments, timeoutMilliseconds: 600_000)
+            if json {
+                print(JSONWriter.string(.object(reply)))
+            } else if reply["ok"]?.boolValue == true {
+                var lines: [String] = []
+                Self.flatten(reply, prefix: "", into: &lines)
+                print(lines.isEmpty ? "ok" : lines.joined(separator: "\n"))
+            }
+            if reply["ok"]?.boolValue != true {
+                let error = reply["error"]?.objectValue
+                if !json {
+                    printError("tapdiskd: \(error?["code"]?.stringValue ?? "error"): \(error?["message"]?.stringValue ?? "")")
+                }
+                throw ExitCode(1)
+            }
+        } catch let e as ControlClient.Failure {
+            printError("tapdiskd: \(e)")
+            throw ExitCode(1)
+        }
+    }
+
+    static func flatten(_ object: JSONObject, prefix: String, into lines: inout [String]) {
+        for member in object where !(prefix.isEmpty && (member.key == "ok" || member.key == "tag")) {
+            let key = prefix.isEmpty ? member.key : "\(prefix).\(member.key)"
+            if case .object(let nested) = member.value {
+                flatten(nested, prefix: key, into: &lines)
+            } else {
+                lines.append("\(key): \(Self.text(member.value))")
+            }
+        }
+    }
+
+    static func text(_ value: JSONValue) -> String {
+        switch value {
+        case .string(let s): s
+        case .null: "-"
+        default: JSONWriter.string(value)
+        }
+    }
+
+    static func humanEvent(_ event: JSONObject) -> String {
+        let name = event["event"]?.stringValue ?? "?"
+        let fields = event.filter { $0.key != "event" }.map { "\($0.key)=\(text($0.value))" }
+        return "\(name) \(fields.joined(separator: " "))"
+    }
+}

@@ -1,0 +1,74 @@
+import ArgumentParser
+import Glibc
+import Logging
+import TapDisk
+
+extension CacheMode: ExpressibleByArgument {}
+extension FailureAction: ExpressibleByArgument {}
+
+/// Serves one image until SIGTERM (PROTOCOL.md §1).
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve a disk image (the default).")
+
+    @Option(help: "The disk image: a regular file or a block device.")
+    var image: String
+
+    @Option(help: "The control socket path (AF_UNIX SOCK_SEQPACKET). Optional under systemd socket activation.")
+    var socket: String?
+
+    @Flag(help: "Serve the disk read-only.")
+    var readonly = false
+
+    @Option(help: "Caching: none (O_DIRECT), writeback, writethrough (O_DSYNC), directsync (O_DIRECT|O_DSYNC).")
+    var cache: CacheMode = .none
+
+    @Option(name: .customLong("on-nospace"), help: "On ENOSPC/EDQUOT: report (answer ERROR) or pause (hold and pause).")
+    var onNospace: FailureAction = .report
+
+    @Option(name: .customLong("on-error"), help: "On any other I/O error: report or pause.")
+    var onError: FailureAction = .report
+
+    @Option(name: .customLong("pause-timeout"), help: "Seconds a nospace/io-error pause may last before held requests fail (0 = forever).")
+    var pauseTimeout: UInt64 = 60
+
+    @Option(name: .customLong("max-ring-page-order"), help: "Largest ring a frontend may attach (2^N pages, N <= 8).")
+    var maxRingPageOrder: Int = 4
+
+    @Option(name: .customLong("low-space-threshold"), help: "Emit low-space when the image's filesystem has less free: BYTES[K|M|G|T] or N%.")
+    var lowSpaceThreshold: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard (0...8).contains(maxRingPageOrder) else { throw ValidationError("--max-ring-page-order must be 0...8") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level \(logLevel)") }
+        if let lowSpaceThreshold {
+            do { _ = try LowSpaceThreshold.parse(lowSpaceThreshold) } catch { throw ValidationError("--low-space-threshold: \(error.message)") }
+        }
+    }
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = JournaldLogHandler(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var config = DaemonConfiguration(imagePath: image, socketPath: socket)
+        config.readOnly = readonly
+        config.cache = cache
+        config.policy = FailurePolicy(onNospace: onNospace, onError: onError, pauseTimeoutSeconds: pauseTimeout)
+        config.maxRingPageOrder = maxRingPageOrder
+        config.lowSpaceThreshold = try lowSpaceThreshold.map { try LowSpaceThreshold.parse($0) }
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(config: config, logger: Logger(label: "tapdiskd"))
+        } catch {
+            printError("tapdiskd: \(error.description)")
+            throw ExitCode(1)
+        }
+        let status = daemon.run()
+        if status != 0 { throw ExitCode(status) }
+    }
+}

@@ -1,2 +1,0 @@
-import TapDisk
-print("tapdiskd")
