@@ -1,0 +1,78 @@
+import Foundation
+import Glibc
+
+@testable import TapDisk
+
+/// The real `tapdiskd` binary, spawned for a test: the daemon tests talk to it only through its
+/// socket and its exit status, like a toolstack would.
+final class DaemonProcess: @unchecked Sendable {
+    let process = Process()
+    let socketPath: String
+    let logPath: String
+    let directory: String
+
+    /// The binary next to the test bundle (`swift build` puts both in the same folder).
+    static var binary: String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        while dir.path != "/" && !dir.lastPathComponent.hasSuffix(".xctest") && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("tapdiskd").path) {
+            dir = dir.deletingLastPathComponent()
+        }
+        if dir.lastPathComponent.hasSuffix(".xctest") { dir = dir.deletingLastPathComponent() }
+        return dir.appendingPathComponent("tapdiskd").path
+    }
+
+    /// Makes a private directory for the socket and the log.
+    static func makeDirectory() -> String {
+        var template = Array("/tmp/tapdiskd-test-XXXXXX".utf8CString)
+        return String(cString: mkdtemp(&template)!)
+    }
+
+    /// Starts `tapdiskd --image IMAGE --socket DIR/disk.sock ARGS` and waits until it answers.
+    init(image: String, arguments: [String] = [], directory: String? = nil, environment: [String: String]? = nil) throws {
+        self.directory = directory ?? Self.makeDirectory()
+        socketPath = self.directory + "/disk.sock"
+        logPath = self.directory + "/daemon.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["--image", image, "--socket", socketPath, "--log-level", "debug"] + arguments
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        process.standardOutput = FileHandle(forWritingAtPath: logPath)
+        if let environment { process.environment = environment }
+        try process.run()
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            if !process.isRunning { throw Failure("tapdiskd exited at startup (\(process.terminationStatus)): \(log)") }
+            if let c = try? ControlClient(socketPath: socketPath), (try? c.call("info")) != nil { return }
+            usleep(20_000)
+        }
+        throw Failure("tapdiskd did not start: \(log)")
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+        init(_ d: String) { description = d }
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func client() throws -> ControlClient { try ControlClient(socketPath: socketPath) }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    /// Waits for exit; returns the status (nil on timeout).
+    @discardableResult
+    func waitForExit(timeoutSeconds: Double = 30) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
