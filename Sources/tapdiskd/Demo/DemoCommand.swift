@@ -1,0 +1,166 @@
+import ArgumentParser
+import Glibc
+import TapDisk
+
+/// `tapdiskd demo`: the 2006 bug (Red Hat bug 217859) replayed against tapdiskd.
+///
+/// A sparse image larger than the filesystem holding it is written end to end through the ring.
+/// In 2006 every write "succeeded" and the guest's data was silently lost. Here the demo counts,
+/// from the frontend's side, that every write got exactly one answer, that every failure was an
+/// I/O error the guest could see, and that every write answered OKAY is on disk after a remount;
+/// then it replays the run with `--on-nospace pause` and an operator who adds space.
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo", abstract: "Replay the 2006 ENOSPC bug against tapdiskd and check every guarantee (root).")
+
+    @Flag(help: "Leave the demo's files (host filesystem image, daemon logs) in place for inspection.")
+    var keep = false
+
+    @Flag(help: "Print the verdict as one JSON object (and nothing else on stdout).")
+    var json = false
+
+    @Option(name: .customLong("queue-depth"), help: "Writes in flight at once.")
+    var queueDepth: Int = 32
+
+    @Option(name: .customLong("image-mib"), help: "Size of the guest disk image (a sparse file).")
+    var imageMiB: Int = 64
+
+    @Option(name: .customLong("filesystem-mib"), help: "Size of the host filesystem holding it.")
+    var filesystemMiB: Int = 16
+
+    func validate() throws {
+        guard (1...46).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1...46") }
+        guard filesystemMiB >= 8, imageMiB > filesystemMiB else {
+            throw ValidationError("--image-mib must exceed --filesystem-mib (at least 8)")
+        }
+    }
+
+    func run() throws {
+        guard geteuid() == 0 else {
+            printError("tapdiskd demo needs root: it loop-mounts a \(filesystemMiB) MiB ext4 (run it with sudo)")
+            throw ExitCode(1)
+        }
+        for tool in ["mkfs.ext4", "losetup", "mount", "umount", "resize2fs", "truncate"] where !Subprocess.which(tool) {
+            printError("tapdiskd demo needs \(tool) (apt-get install -y e2fsprogs mount util-linux coreutils)")
+            throw ExitCode(1)
+        }
+        signal(SIGINT) { _ in demoInterrupted.store(true, ordering: .relaxed) }
+        signal(SIGTERM) { _ in demoInterrupted.store(true, ordering: .relaxed) }
+        let progress = DemoProgress(quiet: json)
+        progress.say("tapdiskd demo: Red Hat bug 217859 (2006), scaled down")
+        progress.say("  In 2006 a guest wrote 500 MB onto a 1 GB sparse image on a 200 MB host filesystem; every write")
+        progress.say("  \"succeeded\" because tapdisk dropped the AIO errors. Here: a \(imageMiB) MiB sparse image on a \(filesystemMiB) MiB ext4.")
+        let filesystem: DemoFilesystem
+        do {
+            filesystem = try DemoFilesystem(sizeMiB: filesystemMiB)
+        } catch {
+            printError("tapdiskd demo: \(error)")
+            throw ExitCode(1)
+        }
+        defer {
+            filesystem.cleanup(keep: keep)
+            if keep { progress.say("kept: \(filesystem.directory) (host filesystem image and daemon logs)") }
+        }
+        progress.say("  host filesystem: \(filesystem.mountPoint) on \(filesystem.loopDevice ?? "?") (ext4 -m 0, \(filesystem.freeBytes >> 10) KiB free)")
+        var results: [DemoScenario.Result] = []
+        do {
+            for (index, policy) in ["report", "pause"].enumerated() {
+                progress.say("")
+                progress.say(index == 0
+                    ? "Run 1: tapdiskd --on-nospace report (answer ERROR at once)"
+                    : "Run 2: tapdiskd --on-nospace pause (hold the writes, pause, wait for the operator)")
+                var writeMiB: Int? = nil
+                if policy == "pause" {
+                    // Another tenant's file fills the host filesystem, leaving less room than the
+                    // guest is about to write; the operator will delete it when the disk pauses.
+                    writeMiB = min(imageMiB, max(4, filesystemMiB / 2))
+                    try filesystem.makeFiller(leavingBytes: UInt64(writeMiB!) << 19)
+                    progress.say("  another tenant's file leaves \(filesystem.freeBytes >> 10) KiB free; the guest writes \(writeMiB!) MiB")
+                }
+                let scenario = DemoScenario(
+                    filesystem: filesystem, policy: policy, imageMiB: imageMiB, writeMiB: writeMiB, queueDepth: queueDepth, progress: progress,
+                    runTag: UInt64(index + 1) << 32 | UInt64(getpid()))
+                let result = try scenario.run()
+                results.append(result)
+                describe(result, progress)
+                unlink(scenario.imagePath)
+            }
+        } catch {
+            progress.finishLine()
+            printError("tapdiskd demo: \(error)")
+            throw ExitCode(1)
+        }
+        let verdict = Verdict(results: results)
+        if json {
+            print(JSONWriter.string(.object(verdict.json)))
+        } else {
+            progress.say("")
+            for line in verdict.lines { progress.say(line) }
+        }
+        if !verdict.passed { throw ExitCode(2) }
+    }
+
+    private func describe(_ r: DemoScenario.Result, _ progress: DemoProgress) {
+        progress.say("  frontend: \(r.writes) writes, \(r.okay) answered OKAY, \(r.error) answered ERROR, \(r.missing) never answered")
+        if let e = r.firstIOError {
+            progress.say("  toolstack: io-error event operation=\(e["operation"]?.stringValue ?? "?") errno=\(e["errno"]?.stringValue ?? "?") nospace=\(e["nospace"]?.boolValue == true) action=\(e["action"]?.stringValue ?? "?") sector=\(e["sector"]?.uint64Value ?? 0) (\(r.ioErrorEvents) events after rate limiting)")
+        } else {
+            progress.say("  toolstack: no io-error event")
+        }
+        let s = r.statusAfter
+        progress.say("  ctl status: state \(s["state"]?.stringValue ?? "?"), io-status \(s["io-status"]?.stringValue ?? "?"), in-flight \(s["in-flight"]?.int64Value ?? -1), held \(s["held"]?.int64Value ?? -1)")
+        if r.policy == "pause" {
+            progress.say("  held then completed after resume: \(r.resubmitted) writes")
+        }
+        progress.say("  after umount and mount: \(r.intact) of \(r.verified) acknowledged writes intact")
+    }
+}
+
+/// The demo's conclusion, as text and as one JSON object.
+struct Verdict {
+    let results: [DemoScenario.Result]
+
+    var report: DemoScenario.Result? { results.first { $0.policy == "report" } }
+    var pause: DemoScenario.Result? { results.first { $0.policy == "pause" } }
+
+    /// The guarantees, each checked on what the frontend itself saw.
+    var checks: [(String, Bool)] {
+        var c: [(String, Bool)] = []
+        c.append(("every write answered exactly once", results.allSatisfy { $0.missing == 0 && $0.duplicates == 0 && $0.okay + $0.error == $0.writes }))
+        c.append(("no acknowledged write lost", results.allSatisfy { $0.lost == 0 && $0.verified == $0.okay }))
+        c.append(("report: ENOSPC reached the guest as I/O errors", (report?.error ?? 0) > 0))
+        c.append(("report: the toolstack got an io-error event with nospace", report?.firstIOError?["nospace"]?.boolValue == true))
+        c.append(("report: status showed io-status nospace", report?.statusAfter["io-status"]?.stringValue == "nospace"))
+        c.append(("pause: the disk paused for nospace", pause?.pausedReason == "nospace"))
+        c.append(("pause: held writes completed after the operator added space", (pause?.resubmitted ?? 0) > 0 && pause?.resumedAutomatically == true))
+        c.append(("pause: every write landed", pause.map { $0.error == 0 && $0.okay == $0.writes } ?? false))
+        c.append(("daemons exited 0 after SIGTERM", results.allSatisfy { $0.daemonExit == 0 }))
+        return c
+    }
+
+    var passed: Bool { results.count == 2 && checks.allSatisfy(\.1) }
+
+    var lines: [String] {
+        ["Verdict: \(passed ? "PASS" : "FAIL")"] + checks.map { "  [\($0.1 ? "ok" : "FAILED")] \($0.0)" }
+    }
+
+    var json: JSONObject {
+        var runs = JSONObject()
+        for r in results {
+            runs.set(r.policy, .object([
+                "writes": .integer(r.writes), "okay": .integer(r.okay), "error": .integer(r.error),
+                "missing": .integer(r.missing), "duplicates": .integer(r.duplicates),
+                "acknowledged-verified": .integer(r.verified), "acknowledged-intact": .integer(r.intact), "acknowledged-lost": .integer(r.lost),
+                "io-error-events": .integer(r.ioErrorEvents), "first-io-error": r.firstIOError.map { .object($0) } ?? .null,
+                "paused-reason": r.pausedReason.map { .string($0) } ?? .null,
+                "resumed-automatically": .bool(r.resumedAutomatically), "held-then-completed": .uint(r.resubmitted),
+                "operator-freed-space": .bool(r.operatorFreedSpace),
+                "status": .object(r.statusAfter), "counters": .object(r.countersAfter),
+                "seconds": .double((r.seconds * 1000).rounded() / 1000), "daemon-exit": .integer(r.daemonExit),
+            ]))
+        }
+        var checksObject = JSONObject()
+        for (name, ok) in checks { checksObject.set(name, .bool(ok)) }
+        return ["passed": .bool(passed), "runs": .object(runs), "checks": .object(checksObject)]
+    }
+}
