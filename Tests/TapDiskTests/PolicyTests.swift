@@ -123,3 +123,23 @@ import Testing
         #expect(h.responses.map(\.id) == [1, 2])
     }
 }
+
+extension PolicyTests {
+    /// A held DISCARD that fails again on resume starts a new pause instead of being stranded.
+    @Test func resubmittedDiscardFailingAgainPausesAgain() throws {
+        let h = try harness(FailurePolicy(onError: .pause))
+        h.engine.faults.discardErrnos = [EIO, EIO]
+        h.submit([BlkifRequest.discard(id: 1, sector: 0, sectors: 8)])
+        #expect(h.engine.state == .paused(.ioError))
+        #expect(h.engine.held == 1)
+        _ = h.engine.resume(failHeld: false)
+        #expect(h.engine.state == .paused(.ioError))
+        #expect(h.engine.held == 1)
+        #expect(h.events.filter { $0 == .stateChanged(.paused(.ioError)) }.count == 2)
+        _ = h.engine.resume(failHeld: false)
+        h.collect()
+        #expect(h.status(of: 1) == 0)
+        #expect(h.engine.counters.discardErrors == 2 && h.engine.counters.resubmittedRequests == 2)
+        #expect(h.engine.counters.invariantHolds)
+    }
+}

@@ -137,6 +137,11 @@ package final class Engine {
     package func resume(failHeld: Bool) -> (resubmitted: Int, failed: Int) {
         guard state.isPaused else { return (0, 0) }
         var result = (resubmitted: 0, failed: 0)
+        // Running again before anything is resubmitted: a resubmission that fails at once (a
+        // synchronous DISCARD) must start a new pause, not join the one that is ending.
+        ioStatus = syncFailed ? .failed : .ok
+        pauseFreeBytes = nil
+        setState(.running)
         if failHeld {
             result.failed = failAllHeld()
         } else {
@@ -149,9 +154,6 @@ package final class Engine {
                 restart(index)
             }
         }
-        ioStatus = syncFailed ? .failed : .ok
-        pauseFreeBytes = nil
-        setState(.running)
         service()
         return result
     }
