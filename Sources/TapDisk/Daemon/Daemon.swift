@@ -158,7 +158,13 @@ package final class Daemon {
         default:
             guard let connection = connections[ready.token] else { return }
             if ready.events & clibaio_EPOLLOUT != 0 { flush(connection) }
-            if ready.isReadable || ready.isHangup { readRequests(connection) }
+            if connection.deferred != nil {
+                // Not reading until the owed reply is sent; a full hang-up (always reported by
+                // epoll) means that reply can never be delivered, so the connection goes now.
+                if ready.events & (clibaio_EPOLLHUP | clibaio_EPOLLERR) != 0 { connection.isClosed = true }
+            } else if ready.isReadable || ready.isHangup {
+                readRequests(connection)
+            }
         }
     }
 
@@ -350,8 +356,7 @@ package final class Daemon {
     /// only while the outbox holds something.
     private func updateInterest(_ connection: ControlConnection) {
         guard !connection.isClosed else { return }
-        var events = clibaio_EPOLLRDHUP
-        if connection.deferred == nil { events |= clibaio_EPOLLIN }
+        var events: UInt32 = connection.deferred == nil ? clibaio_EPOLLIN | clibaio_EPOLLRDHUP : 0
         if !connection.outbox.isEmpty { events |= clibaio_EPOLLOUT }
         try? poller.modify(connection.fd.rawValue, token: connection.token, events: events)
     }
