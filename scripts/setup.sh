@@ -8,11 +8,12 @@
 #   util-linux   findmnt
 #   mount        mount, umount, losetup
 #   systemd      systemd-analyze (unit verification and the security score test)
+#   groff-base   groff (the man page must format without warnings: ManPageTests)
 #
 # Swift itself is expected at /opt/swift or on PATH; this script does not install it.
 set -euo pipefail
 
-packages=(libaio-dev e2fsprogs fio util-linux mount systemd)
+packages=(libaio-dev e2fsprogs fio util-linux mount systemd groff-base)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,54 @@
+# tapdiskd: build and install.
+#
+#   make build                                  swift build -c release
+#   make install [PREFIX=/usr/local] [DESTDIR=]  binary, man page, systemd units, example config
+#   make uninstall [PREFIX=/usr/local] [DESTDIR=]
+#   make test                                   scripts/test.sh (debug build and swift test)
+#
+# The units are installed to $(DESTDIR)/lib/systemd/system whatever PREFIX is (systemd looks
+# there); their ExecStart names $(PREFIX)/bin/tapdiskd. `make install` builds the release binary
+# first only if it does not exist yet.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SWIFT   ?= swift
+
+BINDIR   = $(PREFIX)/bin
+MANDIR   = $(PREFIX)/share/man/man8
+UNITDIR  = /lib/systemd/system
+CONFDIR  = /etc/tapdisk
+BINARY   = .build/release/tapdiskd
+
+INSTALL  ?= install
+
+.PHONY: all build install uninstall test
+
+all: build
+
+build:
+	$(SWIFT) build -c release
+
+$(BINARY):
+	$(SWIFT) build -c release
+
+install: $(BINARY)
+	$(INSTALL) -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	$(INSTALL) -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/tapdiskd
+	gzip -9n < man/tapdiskd.8 > $(DESTDIR)$(MANDIR)/tapdiskd.8.gz
+	chmod 0644 $(DESTDIR)$(MANDIR)/tapdiskd.8.gz
+	sed 's|^ExecStart=/usr/local/bin/tapdiskd |ExecStart=$(BINDIR)/tapdiskd |' systemd/tapdiskd@.service > $(DESTDIR)$(UNITDIR)/tapdiskd@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/tapdiskd@.service
+	grep -q '^ExecStart=$(BINDIR)/tapdiskd ' $(DESTDIR)$(UNITDIR)/tapdiskd@.service
+	$(INSTALL) -m 0644 systemd/tapdiskd@.socket $(DESTDIR)$(UNITDIR)/tapdiskd@.socket
+	$(INSTALL) -m 0644 systemd/example.conf $(DESTDIR)$(CONFDIR)/example.conf.sample
+	@echo "installed; on a live system run: systemctl daemon-reload"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/tapdiskd
+	rm -f $(DESTDIR)$(MANDIR)/tapdiskd.8.gz
+	rm -f $(DESTDIR)$(UNITDIR)/tapdiskd@.service $(DESTDIR)$(UNITDIR)/tapdiskd@.socket
+	rm -f $(DESTDIR)$(CONFDIR)/example.conf.sample
+	rmdir $(DESTDIR)$(CONFDIR) 2>/dev/null || true
+
+test:
+	scripts/test.sh
