@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import TapDisk
 
 /// `tapdiskd ctl`: the toolstack's commands from a shell, over the library's one client.
@@ -36,6 +37,8 @@ struct CtlCommand: ParsableCommand {
                 while true {
                     guard let event = try client.nextEvent(timeoutMilliseconds: 60_000) else { continue }
                     print(json ? JSONWriter.string(.object(event)) : Self.humanEvent(event))
+                    // One event per line as it happens, also into a pipe (stdout is block-buffered there).
+                    fflush(nil)
                 }
             }
             var arguments = JSONObject()

@@ -26,7 +26,7 @@ struct TapdiskdCommand: ParsableCommand {
             if code == .success {
                 exit(withError: error)
             }
-            let message = self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            let message = self.message(for: error).split(separator: "\n").map { $0.trimmingSpaces }.joined(separator: " ")
             printError("tapdiskd: \(message)")
             Glibc.exit(code.rawValue == 0 ? 1 : code.rawValue)
         }
@@ -45,4 +45,13 @@ func printError(_ line: String) {
     var text = line
     if !text.hasSuffix("\n") { text += "\n" }
     _ = text.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+}
+
+extension Substring {
+    var trimmingSpaces: String {
+        var s = self
+        while let c = s.first, c.isWhitespace { s = s.dropFirst() }
+        while let c = s.last, c.isWhitespace { s = s.dropLast() }
+        return String(s)
+    }
 }

@@ -250,7 +250,7 @@ package final class Engine {
             return
         }
         if accepted.operation == .flushDiskCache && syncFailed {
-            refuseAfterFailedSync(id: request.id, operation: request.operation, sector: 0)
+            refuseAfterFailedSync(id: request.id, operation: request.operation, sector: accepted.dataSectors > 0 ? request.sector_number : 0)
             return
         }
         // The ring check bounds outstanding requests by the table size, so this cannot fail for
