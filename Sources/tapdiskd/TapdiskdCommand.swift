@@ -9,7 +9,7 @@ struct TapdiskdCommand: ParsableCommand {
         commandName: "tapdiskd",
         abstract: "A userspace block-tap daemon: serves one disk image over a Xen blkif ring with Linux AIO.",
         discussion: "Every request gets exactly one answer; every failure reaches the frontend as an I/O error.",
-        subcommands: [ServeCommand.self, CtlCommand.self, CreateCommand.self, DemoCommand.self],
+        subcommands: [ServeCommand.self, CtlCommand.self, CreateCommand.self, DemoCommand.self, BenchCommand.self],
         defaultSubcommand: ServeCommand.self
     )
 
