@@ -42,7 +42,10 @@ let package = Package(
         .testTarget(
             name: "TapDiskTests",
             dependencies: ["TapDisk", "CLibAIO"],
-            swiftSettings: [.define("TAPDISK_FAULT_INJECTION", .when(configuration: .debug))]
+            swiftSettings: [.define("TAPDISK_FAULT_INJECTION", .when(configuration: .debug))],
+            // Exports the test binary's counting malloc so the Swift runtime binds to it
+            // (AllocationTests measures heap allocations per request).
+            linkerSettings: [.unsafeFlags(["-Xlinker", "--export-dynamic"])]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -215,8 +215,9 @@ package final class Engine {
             pending = n
         }
         var request = clibaio_blkif_request()
-        for _ in 0..<pending {
-            guard canConsume else { return }
+        var remaining = pending
+        while remaining > 0 && canConsume {
+            remaining -= 1
             ring.consume(into: &request)
             start(request)
         }
