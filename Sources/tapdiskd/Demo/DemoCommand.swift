@@ -40,7 +40,7 @@ struct DemoCommand: ParsableCommand {
             printError("tapdiskd demo needs root: it loop-mounts a \(filesystemMiB) MiB ext4 (run it with sudo)")
             throw ExitCode(1)
         }
-        for tool in ["mkfs.ext4", "losetup", "mount", "umount", "resize2fs", "truncate"] where !Subprocess.which(tool) {
+        for tool in ["mkfs.ext4", "losetup", "mount", "umount", "truncate"] where !Subprocess.which(tool) {
             printError("tapdiskd demo needs \(tool) (apt-get install -y e2fsprogs mount util-linux coreutils)")
             throw ExitCode(1)
         }
