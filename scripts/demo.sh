@@ -6,11 +6,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [[ -d /opt/swift/usr/bin && ":$PATH:" != *":/opt/swift/usr/bin:"* ]]; then
-    PATH="/opt/swift/usr/bin:$PATH"
-fi
-PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-export PATH
+source scripts/path.sh
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "scripts/demo.sh needs root: it installs packages and loop-mounts a 16 MiB ext4 (run it with sudo)" >&2

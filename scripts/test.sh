@@ -7,12 +7,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [[ -d /opt/swift/usr/bin && ":$PATH:" != *":/opt/swift/usr/bin:"* ]]; then
-    PATH="/opt/swift/usr/bin:$PATH"
-fi
-# Test tools live in sbin; some CI runners start with a PATH without it.
-PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-export PATH
+source scripts/path.sh
 
 scripts/setup.sh
 swift build

@@ -80,7 +80,7 @@ struct RealENOSPCTests {
         let imagePath = try Self.makeSparseImage(fs.path("disk.img"), bytes: Self.imageBytes)
 
         let generation: UInt64 = shuffled ? 14 : 4
-        var rng = SplitMix64(seed: 0x7A9D_15C0 ^ generation)
+        var rng = SplitMix(seed: 0x7A9D_15C0 ^ generation)
         let chunks = Self.chunks(blocks: writeBytes / Self.blockBytes, rng: &rng, shuffled: shuffled)
         let policy = FailurePolicy(onNospace: .pause, onError: .report, pauseTimeoutSeconds: 0)
         var pauses = 0
@@ -180,7 +180,7 @@ struct RealENOSPCTests {
         let mountPoint = fs.mountPoint
         let freeAtStart = try fs.freeBytes()
         let imagePath = try Self.makeSparseImage(fs.path("disk.img"), bytes: Self.imageBytes)
-        var rng = SplitMix64(seed: 0x7A9D_15C0 ^ generation)
+        var rng = SplitMix(seed: 0x7A9D_15C0 ^ generation)
         let chunks = Self.chunks(blocks: Self.imageBytes / Self.blockBytes, rng: &rng, shuffled: shuffled)
 
         let result = try Self.drive(
@@ -253,7 +253,7 @@ struct RealENOSPCTests {
     }
 
     /// Splits `blocks` 4 KiB blocks into requests of 1...11 pages, covering each block once.
-    static func chunks(blocks: Int, rng: inout SplitMix64, shuffled: Bool) -> [Chunk] {
+    static func chunks(blocks: Int, rng: inout SplitMix, shuffled: Bool) -> [Chunk] {
         var out: [Chunk] = []
         var block = 0
         while block < blocks {
@@ -462,17 +462,4 @@ struct RealENOSPCTests {
     }
 
     static func mib(_ bytes: UInt64) -> Double { Double(bytes) / 1_048_576 }
-
-    /// A small deterministic generator, so a failing layout can be replayed.
-    struct SplitMix64 {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 }
