@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import TapDisk
 
 /// `tapdiskd ctl`: the toolstack's commands from a shell, over the library's one client.
@@ -36,6 +37,9 @@ struct CtlCommand: ParsableCommand {
                 while true {
                     guard let event = try client.nextEvent(timeoutMilliseconds: 60_000) else { continue }
                     print(json ? JSONWriter.string(.object(event)) : Self.humanEvent(event))
+                    // stdout is block-buffered on a pipe: without a flush, `ctl events | consumer`
+                    // sees nothing until 4 KiB of events piled up (or ever, as this never returns).
+                    fflush(nil)
                 }
             }
             var arguments = JSONObject()
