@@ -37,7 +37,8 @@ struct CtlCommand: ParsableCommand {
                 while true {
                     guard let event = try client.nextEvent(timeoutMilliseconds: 60_000) else { continue }
                     print(json ? JSONWriter.string(.object(event)) : Self.humanEvent(event))
-                    // One event per line as it happens, also into a pipe (stdout is block-buffered there).
+                    // stdout is block-buffered on a pipe: without a flush, `ctl events | consumer`
+                    // sees nothing until 4 KiB of events piled up (or ever, as this never returns).
                     fflush(nil)
                 }
             }

@@ -42,6 +42,8 @@ package final class Daemon {
     private var terminating = false
     private var rateLimiter = IOErrorRateLimiter()
     private var lowSpaceArmed = true
+    /// An owed reply could be sent at once but `settle` ran out of rounds: do not sleep.
+    private var settlePending = false
     private var lastWatchdogNanos: UInt64 = 0
     private var lastStatusNanos: UInt64 = 0
     private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
@@ -129,7 +131,7 @@ package final class Daemon {
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
             ])
         while !(terminating && !engine.isAttached) {
-            let timeout: Int32 = engine.submitBackoff ? 1 : 1000
+            let timeout: Int32 = settlePending ? 0 : engine.submitBackoff ? 1 : 1000
             poller.wait(timeoutMilliseconds: timeout) { ready in self.dispatch(ready) }
             if engine.submitBackoff { engine.service() }
             settle()
@@ -169,17 +171,36 @@ package final class Daemon {
     }
 
     /// After each wakeup: owed replies whose condition now holds, a finished drain, closed peers.
+    ///
+    /// Sending an owed reply resumes reading that connection, which may leave a new owed reply
+    /// whose condition already holds (a client answering `pause` with `resume`, `pause`, or
+    /// `detach` at once): settling repeats until nothing changes. The connection no longer
+    /// watches EPOLLIN then, so nothing else would wake the loop for it before the next timer
+    /// tick. A client that keeps this going past the round limit gets its reply on the next
+    /// (zero-timeout) iteration, so other fds are not starved.
     private func settle() {
-        if engine.state == .closing && engine.isDrained {
-            completeDetach()
-        }
-        for connection in connections.values {
-            if case .pause(let tag) = connection.deferred, engine.isQuiescent {
-                connection.deferred = nil
-                reply(connection, ControlReply.ok(tag: tag))
-                readRequests(connection)
+        settlePending = false
+        for _ in 0..<8 {
+            var progressed = false
+            if engine.state == .closing && engine.isDrained {
+                completeDetach()
+                progressed = true
             }
+            for connection in connections.values {
+                if case .pause(let tag) = connection.deferred, engine.isQuiescent {
+                    connection.deferred = nil
+                    reply(connection, ControlReply.ok(tag: tag))
+                    readRequests(connection)
+                    progressed = true
+                }
+            }
+            if !progressed { break }
         }
+        settlePending = (engine.state == .closing && engine.isDrained)
+            || connections.values.contains { c in
+                if case .pause = c.deferred { return engine.isQuiescent }
+                return false
+            }
         for (token, connection) in connections where connection.isClosed {
             closeConnection(token)
         }

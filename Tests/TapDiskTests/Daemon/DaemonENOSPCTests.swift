@@ -1,0 +1,294 @@
+import CLibAIO
+import Foundation
+import Glibc
+import Testing
+
+@testable import TapDisk
+
+/// Real ENOSPC (PROTOCOL.md §5): a 64 MiB sparse image on a 16 MiB ext4 loop filesystem that is
+/// nearly full, served by the real binary. Every policy path is checked through events,
+/// `status`, `stats`, the responses the frontend sees, and the bytes on disk after a remount.
+@Suite(.serialized, .enabled(if: LoopFilesystem.isRoot, "needs root for mount/losetup"))
+struct DaemonENOSPCTests {
+    /// 48 writes of 44 KiB (11 pages each, every write its own pages and pattern) into about
+    /// 1 MiB of free space: roughly half of them cannot be stored.
+    static let writes = 48
+    static let pagesPerWrite = 11
+    static let sectorsPerWrite = UInt64(pagesPerWrite * 8)
+
+    final class Rig {
+        let fs: LoopFilesystem
+        let image: String
+        let daemon: DaemonProcess
+        let watcher: ControlClient
+        let driver: DiskDriver
+
+        init(arguments: [String]) throws {
+            fs = try LoopFilesystem(sizeMiB: 16)
+            do {
+                image = fs.path("disk.img")
+                let fd = open(image, O_RDWR | O_CREAT | O_EXCL, 0o600)
+                guard fd >= 0, ftruncate(fd, 64 << 20) == 0 else { throw Errno.current }
+                close(fd)
+                try fs.fill(leaving: 1 << 20)
+                daemon = try DaemonProcess(image: image, arguments: arguments)
+            } catch {
+                fs.cleanup()
+                throw error
+            }
+            do {
+                watcher = try daemon.client()
+                try watcher.call("subscribe")
+                driver = try DiskDriver(socketPath: daemon.socketPath, pageOrder: 4, dataPages: DaemonENOSPCTests.writes * DaemonENOSPCTests.pagesPerWrite)
+                // The attach's own state-changed (running).
+                let attached = try DaemonTest.nextEvent(watcher, named: "state-changed")
+                guard attached?["state"] == .string("running") else { throw DaemonProcess.Failure("no running event: \(String(describing: attached))") }
+            } catch {
+                daemon.forceStop()
+                fs.cleanup()
+                throw error
+            }
+        }
+
+        /// Stops the daemon and unmounts: also what `deinit` does, so a failing test leaks nothing.
+        func teardown() {
+            daemon.forceStop()
+            fs.cleanup()
+        }
+
+        deinit { teardown() }
+
+        static func sector(_ i: Int) -> UInt64 { UInt64(i) * DaemonENOSPCTests.sectorsPerWrite }
+        static func seed(_ i: Int) -> UInt64 { 0x5EED_0000 + UInt64(i) * 64 }
+
+        func publishAllWrites() {
+            for i in 0..<DaemonENOSPCTests.writes {
+                driver.enqueueWrite(
+                    id: UInt64(i), sector: Self.sector(i), gref: UInt32(i * DaemonENOSPCTests.pagesPerWrite),
+                    pages: DaemonENOSPCTests.pagesPerWrite, seed: Self.seed(i))
+            }
+            driver.push()
+        }
+
+        func ids(withStatus status: Int16) -> [Int] {
+            (0..<DaemonENOSPCTests.writes).filter { driver.status(UInt64($0)) == status }
+        }
+
+        /// Detach, SIGTERM (exit 0), remount, then compare every OKAY write with its pattern.
+        func verifyOkayWritesAfterRemount(sourceLocation: SourceLocation = #_sourceLocation) throws {
+            _ = try driver.disk.detach()
+            #expect(daemon.terminate() == 0, sourceLocation: sourceLocation)
+            try fs.remount()
+            let fd = open(image, O_RDONLY)
+            #expect(fd >= 0, sourceLocation: sourceLocation)
+            defer { close(fd) }
+            let bytes = DaemonENOSPCTests.pagesPerWrite * 4096
+            var buf = [UInt8](repeating: 0, count: bytes)
+            for i in ids(withStatus: 0) {
+                #expect(pread(fd, &buf, bytes, off_t(Self.sector(i) * 512)) == bytes, sourceLocation: sourceLocation)
+                var expected = [UInt8]()
+                for p in 0..<DaemonENOSPCTests.pagesPerWrite { expected += Pattern.bytes(count: 4096, seed: Self.seed(i) &+ UInt64(p)) }
+                #expect(buf == expected, "write \(i) was answered OKAY but its data is not on disk", sourceLocation: sourceLocation)
+            }
+        }
+
+        /// Waits out the first second of a nospace pause, then until it is paused with nothing in
+        /// flight. (On ext4 free space can rise by itself just after the first failure, while
+        /// the other in-flight writes fail and give back their reservations; the first tick then
+        /// auto-resumes, the resubmitted writes fail again and the disk pauses again. See the
+        /// suite's report. Tests that act on held requests wait until that has played out.)
+        func waitSettledPause(pausedAt: UInt64) throws -> JSONObject {
+            let settle = pausedAt + 1_200_000_000
+            let now = MonotonicClock.nanoseconds()
+            if now < settle { usleep(UInt32((settle - now) / 1000)) }
+            var last = JSONObject()
+            #expect(try DaemonTest.waitUntil(seconds: 20) {
+                last = try watcher.call("status")
+                return last["in-flight"]?.int64Value == 0 && last["state"] == .string("paused")
+            })
+            return last
+        }
+
+        /// Waits until nothing is in flight (held requests stay).
+        func waitQuiescent() throws -> JSONObject {
+            var last = JSONObject()
+            #expect(try DaemonTest.waitUntil(seconds: 20) {
+                last = try watcher.call("status")
+                return last["in-flight"]?.int64Value == 0
+            })
+            return last
+        }
+    }
+
+    static func expectNospaceEvent(_ e: JSONObject?, action: String, failedSectors: Set<UInt64>? = nil) {
+        #expect(e?["operation"] == .string("write"))
+        #expect(e?["errno"] == .string("ENOSPC"))
+        #expect(e?["errno-value"]?.numberValue?.text == "28")
+        #expect(e?["nospace"] == .bool(true))
+        #expect(e?["action"] == .string(action))
+        #expect(e?["suppressed"]?.numberValue?.isInteger == true)
+        let sector = e?["sector"]?.uint64Value
+        #expect(sector != nil && sector! % DaemonENOSPCTests.sectorsPerWrite == 0 && sector! < Rig.sector(DaemonENOSPCTests.writes))
+        if let failedSectors, let sector { #expect(failedSectors.contains(sector)) }
+    }
+
+    @Test func reportAnswersErrorRaisesTheEventAndSetsIOStatus() throws {
+        let rig = try Rig(arguments: ["--on-nospace", "report"])
+        defer { rig.teardown() }
+        let space = try #require(try rig.watcher.call("status")["image-space"]?.objectValue)
+        let apparent = try #require(space["apparent-bytes"]?.uint64Value)
+        let allocated = try #require(space["allocated-bytes"]?.uint64Value)
+        let free = try #require(space["fs-free-bytes"]?.uint64Value)
+        #expect(apparent == 64 << 20)
+        #expect(space["overcommit-bytes"]?.uint64Value == apparent - allocated - free, "64 MiB sparse on a nearly full 16 MiB filesystem")
+
+        rig.publishAllWrites()
+        #expect(rig.driver.wait(forResponses: Self.writes, seconds: 30))
+        let okay = rig.ids(withStatus: 0)
+        let failed = rig.ids(withStatus: -1)
+        #expect(okay.count + failed.count == Self.writes)
+        #expect(!failed.isEmpty && !okay.isEmpty, "okay \(okay.count) failed \(failed.count)")
+
+        let event = try DaemonTest.nextEvent(rig.watcher, named: "io-error")
+        Self.expectNospaceEvent(event, action: "report", failedSectors: Set(failed.map { Rig.sector($0) }))
+        let s = try rig.watcher.call("status")
+        #expect(s["io-status"] == .string("nospace"))
+        #expect(s["state"] == .string("running") && s["reason"] == .null && s["held"]?.int64Value == 0)
+        let c = try DaemonTest.expectInvariant(rig.watcher)
+        #expect(c["write-requests"] == UInt64(Self.writes))
+        #expect(c["write-errors"] == UInt64(failed.count) && c["nospace-errors"] == UInt64(failed.count))
+        #expect(c["responses-error"] == UInt64(failed.count) && c["responses-okay"] == UInt64(okay.count))
+        #expect(c["write-bytes"] == UInt64(okay.count * Self.pagesPerWrite * 4096))
+        // No pause under `report`.
+        let states = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 100).filter { $0["event"] == .string("state-changed") }
+        #expect(states.isEmpty)
+        try rig.verifyOkayWritesAfterRemount()
+    }
+
+    @Test func pauseHoldsWritesAndResumesByItselfWhenSpaceReturns() throws {
+        let rig = try Rig(arguments: ["--on-nospace", "pause", "--pause-timeout", "0"])
+        defer { rig.teardown() }
+        rig.publishAllWrites()
+        var skipped: [JSONObject] = []
+        let paused = try DaemonTest.nextEvent(rig.watcher, named: "state-changed", seconds: 30, skipped: &skipped)
+        #expect(paused?["state"] == .string("paused") && paused?["reason"] == .string("nospace"))
+        let ioError = skipped.first { $0["event"] == .string("io-error") }
+        Self.expectNospaceEvent(ioError, action: "pause")
+        let s = try rig.waitSettledPause(pausedAt: MonotonicClock.nanoseconds())
+        #expect(s["state"] == .string("paused") && s["reason"] == .string("nospace") && s["io-status"] == .string("nospace"))
+        let held = try #require(s["held"]?.int64Value)
+        #expect(held > 0)
+        let before = try DaemonTest.expectInvariant(rig.watcher)
+        #expect(before["held"] == UInt64(held))
+        // Held requests are not answered while paused.
+        rig.driver.collect()
+        #expect(Int64(Self.writes - rig.driver.responseCount) >= held)
+        #expect(rig.ids(withStatus: -1).isEmpty, "nothing is answered ERROR under pause")
+        _ = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 20)  // the pause so far
+        #expect(rig.driver.responsesDuring(milliseconds: 600) == 0, "held writes stay held without new space")
+        let meanwhile = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 50)
+        #expect(meanwhile.allSatisfy { $0["event"] != .string("state-changed") }, "no auto-resume without new space: \(meanwhile)")
+        #expect(try rig.watcher.call("status")["state"] == .string("paused"))
+
+        rig.fs.removeFiller()
+        let resumed = try DaemonTest.nextEvent(rig.watcher, named: "state-changed", seconds: 10)
+        #expect(resumed?["state"] == .string("running") && resumed?["reason"] == .null, "auto-resume")
+        #expect(rig.driver.wait(forResponses: Self.writes, seconds: 30))
+        #expect(rig.ids(withStatus: 0).count == Self.writes, "every held write was answered OKAY after resubmission")
+        let s2 = try rig.watcher.call("status")
+        #expect(s2["state"] == .string("running") && s2["io-status"] == .string("ok") && s2["held"]?.int64Value == 0)
+        let c = try DaemonTest.expectInvariant(rig.watcher)
+        #expect(c["resubmitted-requests"] >= UInt64(held))
+        #expect(c["write-errors"] == c["nospace-errors"] && c["write-errors"] >= UInt64(held))
+        #expect(c["responses-okay"] == UInt64(Self.writes) && c["responses-error"] == 0)
+        try rig.verifyOkayWritesAfterRemount()
+    }
+
+    @Test func pauseTimeoutAnswersHeldWritesErrorAndReturnsToRunning() throws {
+        let rig = try Rig(arguments: ["--on-nospace", "pause", "--pause-timeout", "2"])
+        defer { rig.teardown() }
+        rig.publishAllWrites()
+        // Every state change with its arrival time, until every write is answered.
+        var changes: [(state: String, reason: JSONValue?, at: UInt64)] = []
+        let deadline = MonotonicClock.nanoseconds() + 30_000_000_000
+        while rig.driver.responseCount < Self.writes && MonotonicClock.nanoseconds() < deadline {
+            if let e = try rig.watcher.nextEvent(timeoutMilliseconds: 20), e["event"] == .string("state-changed") {
+                changes.append((e["state"]?.stringValue ?? "?", e["reason"], MonotonicClock.nanoseconds()))
+            }
+            rig.driver.collect()
+        }
+        #expect(rig.driver.responseCount == Self.writes)
+        // The pause that ended in the timeout: the last paused → running pair.
+        let lastRunning = try #require(changes.lastIndex { $0.state == "running" })
+        #expect(lastRunning > 0 && changes[lastRunning - 1].state == "paused" && changes[lastRunning - 1].reason == .string("nospace"))
+        let elapsed = Double(changes[lastRunning].at - changes[lastRunning - 1].at) / 1e9
+        #expect(elapsed > 1.4 && elapsed < 4, "timeout after \(elapsed) s: \(changes.map(\.state))")
+        let failed = rig.ids(withStatus: -1)
+        #expect(!failed.isEmpty && rig.ids(withStatus: 0).count + failed.count == Self.writes)
+        let s2 = try rig.watcher.call("status")
+        #expect(s2["state"] == .string("running") && s2["held"]?.int64Value == 0 && s2["reason"] == .null)
+        #expect(s2["io-status"] == .string("nospace"), "io-status stays until a resume")
+        let c = try DaemonTest.expectInvariant(rig.watcher)
+        #expect(c["responses-error"] == UInt64(failed.count))
+        // Each failed attempt counts once; the timeout itself is no new attempt.
+        #expect(c["write-errors"] == UInt64(failed.count) + c["resubmitted-requests"])
+        #expect(c["nospace-errors"] == c["write-errors"])
+        // Running again: new writes are served once there is space.
+        rig.fs.removeFiller()
+        #expect(rig.driver.roundTrip(sector: 100_000, seed: 7, writeGref: 0, readGref: 11))
+        try rig.verifyOkayWritesAfterRemount()
+    }
+
+    /// `tapdiskd ctl resume --fail-held` (the real binary): held writes are answered ERROR.
+    @Test func ctlResumeFailHeldAnswersHeldWritesError() throws {
+        let rig = try Rig(arguments: ["--on-nospace", "pause", "--pause-timeout", "0"])
+        defer { rig.teardown() }
+        rig.publishAllWrites()
+        let paused = try DaemonTest.nextEvent(rig.watcher, named: "state-changed", seconds: 30)
+        #expect(paused?["reason"] == .string("nospace"))
+        let s = try rig.waitSettledPause(pausedAt: MonotonicClock.nanoseconds())
+        let held = try #require(s["held"]?.int64Value)
+        #expect(held > 0)
+
+        let status = try Tapdiskd.run(["ctl", "--socket", rig.daemon.socketPath, "status"])
+        let lines = Set(status.stdout.split(separator: "\n").map(String.init))
+        #expect(lines.contains("state: paused") && lines.contains("reason: nospace") && lines.contains("held: \(held)"))
+        #expect(lines.contains("io-status: nospace"))
+
+        // An operator pause on top of a nospace pause: ok, reason unchanged.
+        let pause = try Tapdiskd.run(["ctl", "--socket", rig.daemon.socketPath, "pause"])
+        #expect(pause.status == 0)
+        #expect(try rig.watcher.call("status")["reason"] == .string("nospace"))
+
+        let run = try Tapdiskd.run(["ctl", "--socket", rig.daemon.socketPath, "resume", "--fail-held", "--json"])
+        #expect(run.status == 0)
+        let reply = try JSONParser.parse(run.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(reply["ok"] == .bool(true))
+        #expect(reply["failed"]?.int64Value == held && reply["resubmitted"]?.int64Value == 0)
+        #expect(rig.driver.wait(forResponses: Self.writes))
+        #expect(rig.ids(withStatus: -1).count == Int(held))
+        let s2 = try rig.watcher.call("status")
+        #expect(s2["state"] == .string("running") && s2["io-status"] == .string("ok") && s2["held"]?.int64Value == 0)
+        let c = try DaemonTest.expectInvariant(rig.watcher)
+        #expect(c["responses-error"] == UInt64(held))
+        // fail-held is no new attempt: every failed attempt was a first one or a resubmission.
+        #expect(c["write-errors"] == UInt64(held) + c["resubmitted-requests"])
+        try rig.verifyOkayWritesAfterRemount()
+    }
+
+    /// SIGTERM while writes are held: they are answered ERROR, the daemon exits 0.
+    @Test func sigtermWhileHoldingAnswersHeldWritesErrorAndExitsZero() throws {
+        let rig = try Rig(arguments: ["--on-nospace", "pause", "--pause-timeout", "0"])
+        defer { rig.teardown() }
+        rig.publishAllWrites()
+        _ = try DaemonTest.nextEvent(rig.watcher, named: "state-changed", seconds: 30)
+        let held = try #require(try rig.waitSettledPause(pausedAt: MonotonicClock.nanoseconds())["held"]?.int64Value)
+        #expect(held > 0)
+        // SIGTERM while paused with held writes: they are answered ERROR, exit 0.
+        rig.daemon.signal(SIGTERM)
+        #expect(rig.daemon.waitForExit(timeoutSeconds: 20) == 0)
+        #expect(rig.driver.wait(forResponses: Self.writes))
+        #expect(rig.ids(withStatus: -1).count == Int(held))
+        #expect(!FileManager.default.fileExists(atPath: rig.daemon.socketPath))
+    }
+}
