@@ -504,7 +504,14 @@ package final class Engine {
             r.pointee.phase = .held
             counters.inFlight -= 1
             counters.held += 1
-            if state == .running { enterPause(errno.isNoSpace ? .nospace : .ioError) }
+            if state == .running {
+                enterPause(errno.isNoSpace ? .nospace : .ioError)
+            } else if errno.isNoSpace, state == .paused(.nospace), let free = image.filesystemSpace()?.freeBytes {
+                // Writes still in flight when the pause began keep failing and giving back their
+                // reservations; each such failure shows the filesystem is still full at this
+                // level, so auto-resume waits for free space above the highest of these samples.
+                pauseFreeBytes = max(pauseFreeBytes ?? free, free)
+            }
         } else {
             finish(index, .error)
         }

@@ -94,9 +94,9 @@ struct DaemonENOSPCTests {
 
         /// Waits out the first second of a nospace pause, then until it is paused with nothing in
         /// flight. (On ext4 free space can rise by itself just after the first failure, while
-        /// the other in-flight writes fail and give back their reservations; the first tick then
-        /// auto-resumes, the resubmitted writes fail again and the disk pauses again. See the
-        /// suite's report. Tests that act on held requests wait until that has played out.)
+        /// the other in-flight writes fail and give back their reservations. The engine raises its
+        /// auto-resume sample on each such failure, which removed the spurious resumes seen before
+        /// (1 run in 4); tests that act on held requests still wait until a pause has settled.)
         func waitSettledPause(pausedAt: UInt64) throws -> JSONObject {
             let settle = pausedAt + 1_200_000_000
             let now = MonotonicClock.nanoseconds()
