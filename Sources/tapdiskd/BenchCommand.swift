@@ -38,7 +38,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Seconds of load before measuring (like fio --ramp_time).")
     var ramp: Double = 0
 
-    @Option(name: .customLong("ring-page-order"), help: "Ring size 2^N pages (default: the smallest ring holding --iodepth).")
+    @Option(
+        name: .customLong("ring-page-order"),
+        help: "Ring size 2^N pages (default: the smallest ring holding --iodepth).")
     var ringPageOrder: Int?
 
     @Option(help: "Random seed for offsets.")
@@ -62,9 +64,15 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         let blockBytes = Int((try? ByteSize.parse(bs)) ?? 4096)
-        let order = ringPageOrder ?? (0...RingLayout.maxPageOrder).first { RingLayout.entries(pageOrder: $0) >= UInt32(iodepth) } ?? RingLayout.maxPageOrder
+        let order =
+            ringPageOrder ?? (0...RingLayout.maxPageOrder).first {
+                RingLayout.entries(pageOrder: $0) >= UInt32(iodepth)
+            } ?? RingLayout.maxPageOrder
         guard RingLayout.entries(pageOrder: order) >= UInt32(iodepth) else {
-            throw ReportedFailure(message: "tapdiskd bench: a ring of order \(order) holds \(RingLayout.entries(pageOrder: order)) requests < --iodepth \(iodepth)")
+            throw ReportedFailure(
+                message:
+                    "tapdiskd bench: a ring of order \(order) holds \(RingLayout.entries(pageOrder: order)) requests < --iodepth \(iodepth)"
+            )
         }
         let pagesPerRequest = (blockBytes + RingLayout.pageSize - 1) / RingLayout.pageSize
         let disk: RemoteDisk
@@ -74,7 +82,9 @@ struct BenchCommand: ParsableCommand {
             throw ReportedFailure(message: "tapdiskd bench: attach: \(error)")
         }
         let diskBytes = disk.sectors * 512
-        guard diskBytes >= UInt64(blockBytes) else { throw ReportedFailure(message: "tapdiskd bench: the disk is smaller than --bs") }
+        guard diskBytes >= UInt64(blockBytes) else {
+            throw ReportedFailure(message: "tapdiskd bench: the disk is smaller than --bs")
+        }
         let runner = BenchRunner(
             disk: disk, pattern: rw, blockBytes: blockBytes, pagesPerRequest: pagesPerRequest, depth: iodepth,
             blocks: diskBytes / UInt64(blockBytes), seed: seed)
@@ -189,7 +199,10 @@ final class BenchRunner {
     var badResponses: UInt64 = 0
     var firstErrorStatus: Int16 = 0
 
-    init(disk: RemoteDisk, pattern: BenchCommand.Pattern, blockBytes: Int, pagesPerRequest: Int, depth: Int, blocks: UInt64, seed: UInt64) {
+    init(
+        disk: RemoteDisk, pattern: BenchCommand.Pattern, blockBytes: Int, pagesPerRequest: Int, depth: Int,
+        blocks: UInt64, seed: UInt64
+    ) {
         self.disk = disk
         frontend = disk.frontend
         self.pattern = pattern
@@ -218,7 +231,8 @@ final class BenchRunner {
                 while remaining > 0 {
                     let bytes = min(remaining, RingLayout.pageSize)
                     let gref = UInt32(slot * pagesPerRequest + n)
-                    segs[n] = clibaio_blkif_segment(gref: gref, first_sect: 0, last_sect: UInt8(bytes / 512 - 1), pad: 0)
+                    segs[n] = clibaio_blkif_segment(
+                        gref: gref, first_sect: 0, last_sect: UInt8(bytes / 512 - 1), pad: 0)
                     // Writes carry a recognisable, non-zero pattern.
                     let page = frontend.page(gref).bindMemory(to: UInt64.self, capacity: 512)
                     for w in 0..<512 { page[w] = 0x7461_7064_6973_6B00 ^ (UInt64(gref) << 16) ^ UInt64(w) }

@@ -55,7 +55,8 @@ struct CtlCommand: ParsableCommand {
             if reply["ok"]?.boolValue != true {
                 let error = reply["error"]?.objectValue
                 if !json {
-                    printError("tapdiskd: \(error?["code"]?.stringValue ?? "error"): \(error?["message"]?.stringValue ?? "")")
+                    printError(
+                        "tapdiskd: \(error?["code"]?.stringValue ?? "error"): \(error?["message"]?.stringValue ?? "")")
                 }
                 throw ExitCode(1)
             }

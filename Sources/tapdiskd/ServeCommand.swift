@@ -28,13 +28,17 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("on-error"), help: "On any other I/O error: report or pause.")
     var onError: FailureAction = .report
 
-    @Option(name: .customLong("pause-timeout"), help: "Seconds a nospace/io-error pause may last before held requests fail (0 = forever).")
+    @Option(
+        name: .customLong("pause-timeout"),
+        help: "Seconds a nospace/io-error pause may last before held requests fail (0 = forever).")
     var pauseTimeout: UInt64 = 60
 
     @Option(name: .customLong("max-ring-page-order"), help: "Largest ring a frontend may attach (2^N pages, N <= 8).")
     var maxRingPageOrder: Int = 4
 
-    @Option(name: .customLong("low-space-threshold"), help: "Emit low-space when the image's filesystem has less free: BYTES[K|M|G|T] or N%.")
+    @Option(
+        name: .customLong("low-space-threshold"),
+        help: "Emit low-space when the image's filesystem has less free: BYTES[K|M|G|T] or N%.")
     var lowSpaceThreshold: String?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
@@ -42,9 +46,13 @@ struct ServeCommand: ParsableCommand {
 
     func validate() throws {
         guard (0...8).contains(maxRingPageOrder) else { throw ValidationError("--max-ring-page-order must be 0...8") }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level \(logLevel)") }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level: unknown level \(logLevel)")
+        }
         if let lowSpaceThreshold {
-            do { _ = try LowSpaceThreshold.parse(lowSpaceThreshold) } catch { throw ValidationError("--low-space-threshold: \(error.message)") }
+            do { _ = try LowSpaceThreshold.parse(lowSpaceThreshold) } catch {
+                throw ValidationError("--low-space-threshold: \(error.message)")
+            }
         }
     }
 

@@ -26,7 +26,8 @@ struct TapdiskdCommand: ParsableCommand {
             if code == .success {
                 exit(withError: error)
             }
-            let message = self.message(for: error).split(separator: "\n").map { $0.trimmingSpaces }.joined(separator: " ")
+            let message = self.message(for: error).split(separator: "\n").map { $0.trimmingSpaces }.joined(
+                separator: " ")
             printError("tapdiskd: \(message)")
             Glibc.exit(code.rawValue == 0 ? 1 : code.rawValue)
         }

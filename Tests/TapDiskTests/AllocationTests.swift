@@ -18,7 +18,8 @@ import Testing
 
 @_silgen_name("__libc_malloc") private func libcMalloc(_ size: Int) -> UnsafeMutableRawPointer?
 @_silgen_name("__libc_calloc") private func libcCalloc(_ n: Int, _ size: Int) -> UnsafeMutableRawPointer?
-@_silgen_name("__libc_realloc") private func libcRealloc(_ p: UnsafeMutableRawPointer?, _ size: Int) -> UnsafeMutableRawPointer?
+@_silgen_name("__libc_realloc") private func libcRealloc(_ p: UnsafeMutableRawPointer?, _ size: Int)
+    -> UnsafeMutableRawPointer?
 @_silgen_name("__libc_memalign") private func libcMemalign(_ alignment: Int, _ size: Int) -> UnsafeMutableRawPointer?
 
 private let countedThread = Atomic<UInt>(0)
@@ -63,7 +64,9 @@ func countingAlignedAlloc(_ alignment: Int, _ size: Int) -> UnsafeMutableRawPoin
 }
 
 @_cdecl("posix_memalign")
-func countingPosixMemalign(_ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>, _ alignment: Int, _ size: Int) -> Int32 {
+func countingPosixMemalign(_ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>, _ alignment: Int, _ size: Int)
+    -> Int32
+{
     noteAllocation()
     guard alignment >= MemoryLayout<UnsafeRawPointer>.size, alignment & (alignment - 1) == 0 else { return EINVAL }
     guard let p = libcMemalign(alignment, size) else { return ENOMEM }
@@ -191,8 +194,12 @@ private final class DataPathDriver {
         }
         let requests = batches * depth
         let perRequest = Double(allocations) / Double(requests)
-        print("allocations-per-request \(operation.eventName) qd\(depth): \(allocations) allocations / \(requests) requests = \(perRequest)")
+        print(
+            "allocations-per-request \(operation.eventName) qd\(depth): \(allocations) allocations / \(requests) requests = \(perRequest)"
+        )
         #expect(d.failures == 0)
-        #expect(allocations == 0, "\(allocations) heap allocations in \(requests) steady-state \(operation.eventName) requests")
+        #expect(
+            allocations == 0,
+            "\(allocations) heap allocations in \(requests) steady-state \(operation.eventName) requests")
     }
 }

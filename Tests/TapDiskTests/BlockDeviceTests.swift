@@ -9,7 +9,8 @@ import Testing
     @Test(.enabled(if: LoopFilesystem.isRoot)) func loopDeviceRoundTripAndDiscard() throws {
         let backing = try EngineHarness.makeTemporaryImage(bytes: 8 << 20)
         defer { unlink(backing) }
-        let device = try Shell.check(["losetup", "--find", "--show", backing]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let device = try Shell.check(["losetup", "--find", "--show", backing]).trimmingCharacters(
+            in: .whitespacesAndNewlines)
         defer { _ = try? Shell.run(["losetup", "-d", device]) }
         let h = try EngineHarness(imagePath: device, cache: .none)
         let g = h.engine.image.geometry

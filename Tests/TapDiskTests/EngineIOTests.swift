@@ -65,7 +65,10 @@ import Testing
 
     /// `--cache none` really uses O_DIRECT (and the flags of the other modes).
     @Test func cacheModesSetOpenFlags() throws {
-        for (mode, direct, dsync) in [(CacheMode.none, true, false), (.writeback, false, false), (.writethrough, false, true), (.directsync, true, true)] {
+        for (mode, direct, dsync) in [
+            (CacheMode.none, true, false), (.writeback, false, false), (.writethrough, false, true),
+            (.directsync, true, true),
+        ] {
             let h = try EngineHarness(imageBytes: 1 << 20, cache: mode, attach: false)
             let flags = fdinfoFlags(h.engine.image.fd.rawValue)
             #expect((flags & Int(clibaio_O_DIRECT) != 0) == direct, "\(mode)")
@@ -93,8 +96,12 @@ import Testing
         #expect(Set(order[(b + 1)...]) == [4, 5, 6])
         #expect(h.responses.first { $0.id == 3 }?.operation == 2)
         #expect(h.responses.first { $0.id == 5 }?.operation == 3)
-        #expect(h.readImage(offset: 16 * 512, count: 4096) == Array(UnsafeRawBufferPointer(start: h.frontend.page(2), count: 4096)))
-        #expect(h.readImage(offset: 32 * 512, count: 4096) == Array(UnsafeRawBufferPointer(start: h.frontend.page(0), count: 4096)))
+        #expect(
+            h.readImage(offset: 16 * 512, count: 4096)
+                == Array(UnsafeRawBufferPointer(start: h.frontend.page(2), count: 4096)))
+        #expect(
+            h.readImage(offset: 32 * 512, count: 4096)
+                == Array(UnsafeRawBufferPointer(start: h.frontend.page(0), count: 4096)))
         let c = h.engine.counters
         #expect(c.flushRequests == 2 && c.barrierRequests == 1 && c.writeBytes == 5 * 4096)
     }
@@ -129,7 +136,10 @@ import Testing
     /// Requests published before attach are served without a kick (§2.2).
     @Test func servesRequestsPublishedBeforeAttach() throws {
         let h = try EngineHarness(imageBytes: 1 << 20, attach: false)
-        for i in 0..<5 { h.frontend.enqueue(BlkifRequest.read(id: UInt64(i), sector: UInt64(i) * 8, segments: [BlkifSegment(gref: 0)])) }
+        for i in 0..<5 {
+            h.frontend.enqueue(
+                BlkifRequest.read(id: UInt64(i), sector: UInt64(i) * 8, segments: [BlkifSegment(gref: 0)]))
+        }
         _ = h.frontend.push()
         try h.engine.attach(h.frontend.makeAttachment())
         h.collect()
@@ -147,7 +157,8 @@ import Testing
     /// Detach answers what was consumed, and a new frontend can attach afterwards.
     @Test func detachDrainsAndReattaches() throws {
         let h = try EngineHarness(imageBytes: 4 << 20)
-        h.submit((0..<20).map { BlkifRequest.write(id: $0, sector: $0 * 8, segments: [BlkifSegment(gref: UInt32($0))]) })
+        h.submit(
+            (0..<20).map { BlkifRequest.write(id: $0, sector: $0 * 8, segments: [BlkifSegment(gref: UInt32($0))]) })
         h.engine.beginDetach()
         #expect(h.engine.state == .closing)
         #expect(h.waitDrained())

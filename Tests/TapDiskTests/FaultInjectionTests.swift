@@ -13,7 +13,8 @@ import Testing
     }
 
     func write(_ id: UInt64, pages: Int = 2) -> clibaio_blkif_request {
-        BlkifRequest.write(id: id, sector: id * 16, segments: (0..<pages).map { BlkifSegment(gref: UInt32(Int(id) % 8 + $0)) })
+        BlkifRequest.write(
+            id: id, sector: id * 16, segments: (0..<pages).map { BlkifSegment(gref: UInt32(Int(id) % 8 + $0)) })
     }
 
     @Test func shortCompletionIsResubmittedAndLandsCompletely() throws {
@@ -129,7 +130,10 @@ import Testing
         #expect(h.run(untilResponses: 2))
         #expect(h.status(of: 2) == -1)
         #expect(h.engine.syncFailed && h.engine.ioStatus == .failed)
-        h.submit([BlkifRequest.flush(id: 3), BlkifRequest.barrier(id: 4), write(5), BlkifRequest.flush(id: 6, sector: 0, segments: [BlkifSegment(gref: 0)])])
+        h.submit([
+            BlkifRequest.flush(id: 3), BlkifRequest.barrier(id: 4), write(5),
+            BlkifRequest.flush(id: 6, sector: 0, segments: [BlkifSegment(gref: 0)]),
+        ])
         #expect(h.run(untilResponses: 6))
         #expect(h.status(of: 3) == -1 && h.status(of: 4) == -1 && h.status(of: 6) == -1)
         #expect(h.status(of: 5) == 0)

@@ -95,8 +95,9 @@ import Testing
         #expect(ImageCreator.parentDirectory(of: "/var/lib/x/") == "/var/lib")
     }
 
-    @Test(.enabled(if: LoopFilesystem.isRoot, "needs root for a loop-mounted ext4"),
-          arguments: [ImageCreator.Preallocation.falloc, .full])
+    @Test(
+        .enabled(if: LoopFilesystem.isRoot, "needs root for a loop-mounted ext4"),
+        arguments: [ImageCreator.Preallocation.falloc, .full])
     func noSpaceRemovesTheFileAndGivesSpaceBack(mode: ImageCreator.Preallocation) throws {
         let fs = try LoopFilesystem(sizeMiB: 16)
         defer { fs.cleanup() }

@@ -54,9 +54,13 @@ import Testing
             var logger = Logger(label: "disk") { JournaldLogHandler(label: $0, fd: fd) }
             logger[metadataKey: "zeta"] = "last"
             logger.warning(
-                "no space", metadata: ["errno": "ENOSPC", "path": "/var/lib/my image.img", "empty": "", "q": "a\"b", "n": "1\n2"])
+                "no space",
+                metadata: ["errno": "ENOSPC", "path": "/var/lib/my image.img", "empty": "", "q": "a\"b", "n": "1\n2"])
         }
-        #expect(text == "<4>disk: no space empty=\"\" errno=ENOSPC n=\"1\\n2\" path=\"/var/lib/my image.img\" q=\"a\\\"b\" zeta=last\n")
+        #expect(
+            text
+                == "<4>disk: no space empty=\"\" errno=ENOSPC n=\"1\\n2\" path=\"/var/lib/my image.img\" q=\"a\\\"b\" zeta=last\n"
+        )
     }
 
     @Test func messageNewlinesStayOnOneLine() {
@@ -77,11 +81,14 @@ import Testing
     }
 
     @Test func concurrentLinesNeverInterleave() {
-        let threads = 8, perThread = 200
+        let threads = 8
+        let perThread = 200
         let text = capture { fd in
             let logger = Logger(label: "c") { JournaldLogHandler(label: $0, fd: fd) }
             DispatchQueue.concurrentPerform(iterations: threads) { t in
-                for i in 0..<perThread { logger.info("thread \(t) line \(i)", metadata: ["pad": "\(String(repeating: "x", count: 100))"]) }
+                for i in 0..<perThread {
+                    logger.info("thread \(t) line \(i)", metadata: ["pad": "\(String(repeating: "x", count: 100))"])
+                }
             }
         }
         let lines = text.split(separator: "\n")

@@ -26,7 +26,10 @@ struct LoopFilesystemTests {
         var failure: Int32 = 0
         while written < 64 << 20 {
             let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
-            if n < 0 { failure = errno; break }
+            if n < 0 {
+                failure = errno
+                break
+            }
             written += UInt64(n)
         }
         #expect(failure == ENOSPC)

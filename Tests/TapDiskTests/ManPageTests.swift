@@ -23,7 +23,8 @@ import Testing
         let scalars = Array(text.unicodeScalars)
         var i = 0
         while i + 2 < scalars.count {
-            let startsOption = scalars[i] == "-" && scalars[i + 1] == "-" && ("a"..."z").contains(scalars[i + 2])
+            let startsOption =
+                scalars[i] == "-" && scalars[i + 1] == "-" && ("a"..."z").contains(scalars[i + 2])
                 && (i == 0 || scalars[i - 1] != "-")
             guard startsOption else {
                 i += 1
@@ -48,7 +49,8 @@ import Testing
     static func section(_ name: String, of text: String) throws -> String {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         let begin = try #require(lines.firstIndex { $0.hasPrefix(".\\\" BEGIN \(name)") }, "no BEGIN \(name) marker")
-        let end = try #require(lines[begin...].firstIndex { $0.hasPrefix(".\\\" END \(name)") }, "no END \(name) marker")
+        let end = try #require(
+            lines[begin...].firstIndex { $0.hasPrefix(".\\\" END \(name)") }, "no END \(name) marker")
         return lines[(begin + 1)..<end].joined(separator: "\n")
     }
 
@@ -69,7 +71,10 @@ import Testing
         let fromHelp = Self.longOptions(in: try Self.help(arguments))
         #expect(!fromHelp.isEmpty)
         let fromPage = Self.longOptions(in: try Self.section(marker, of: try Self.roffText()))
-        #expect(fromPage == fromHelp, "only in --help: \(fromHelp.subtracting(fromPage).sorted()); only in the man page: \(fromPage.subtracting(fromHelp).sorted())")
+        #expect(
+            fromPage == fromHelp,
+            "only in --help: \(fromHelp.subtracting(fromPage).sorted()); only in the man page: \(fromPage.subtracting(fromHelp).sorted())"
+        )
     }
 
     /// The page without its `.EX`/`.EE` example blocks (they quote other tools' options too).
@@ -93,7 +98,8 @@ import Testing
         }
         let onPage = Self.longOptions(in: Self.withoutExamples(try Self.roffText()))
         #expect(onPage.subtracting(known).isEmpty, "unknown options on the page: \(onPage.subtracting(known).sorted())")
-        #expect(known.subtracting(onPage).isEmpty, "options missing from the page: \(known.subtracting(onPage).sorted())")
+        #expect(
+            known.subtracting(onPage).isEmpty, "options missing from the page: \(known.subtracting(onPage).sorted())")
     }
 
     /// The page formats without any groff warning (`-ww` enables them all).
@@ -105,6 +111,9 @@ import Testing
     }
 
     @Test func optionParsing() {
-        #expect(Self.longOptions(in: "  --image <image>  x --on-nospace, [--json] ---x --help") == ["--image", "--on-nospace", "--json"])
+        #expect(
+            Self.longOptions(in: "  --image <image>  x --on-nospace, [--json] ---x --help") == [
+                "--image", "--on-nospace", "--json",
+            ])
     }
 }

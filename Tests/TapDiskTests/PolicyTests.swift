@@ -37,7 +37,9 @@ import Testing
         let c = h.engine.counters
         #expect(c.resubmittedRequests == 2 && c.nospaceErrors == 2 && c.writeErrors == 2 && c.held == 0)
         #expect(c.invariantHolds)
-        let actions = h.events.compactMap { e -> FailureAction? in if case .ioError(_, _, let a, _) = e { a } else { nil } }
+        let actions = h.events.compactMap { e -> FailureAction? in
+            if case .ioError(_, _, let a, _) = e { a } else { nil }
+        }
         #expect(actions == [.pause, .pause])
         #expect(h.events.contains(.stateChanged(.paused(.nospace))))
     }

@@ -27,7 +27,9 @@ import Testing
 
     @Test(arguments: [(UInt64(1), FailureAction.report), (2, .report), (3, .pause), (4, .pause)])
     func randomRequestsUnderRandomFaults(seed: UInt64, action: FailureAction) throws {
-        let h = try EngineHarness(imageBytes: Self.blocks * 4096, policy: FailurePolicy(onNospace: action, onError: action), pageOrder: 2, dataPages: 512)
+        let h = try EngineHarness(
+            imageBytes: Self.blocks * 4096, policy: FailurePolicy(onNospace: action, onError: action), pageOrder: 2,
+            dataPages: 512)
         var rf = FaultInjector.RandomFaults(seed: seed)
         rf.submitEagainPerMille = 40
         rf.submitPartialPerMille = 60
@@ -107,7 +109,10 @@ import Testing
                     h.collect()
                 }
             }
-            #expect(h.responses.count == before + batch.count, "state \(h.engine.state) inflight \(h.engine.inFlight) held \(h.engine.held) backoff \(h.engine.submitBackoff) c \(h.engine.counters)")
+            #expect(
+                h.responses.count == before + batch.count,
+                "state \(h.engine.state) inflight \(h.engine.inFlight) held \(h.engine.held) backoff \(h.engine.submitBackoff) c \(h.engine.counters)"
+            )
             if h.responses.count != before + batch.count { return }
             for r in h.responses[before...] {
                 #expect(answered.insert(r.id).inserted, "id \(r.id) answered twice")
@@ -160,7 +165,8 @@ import Testing
         #expect(c.invalidRequests == UInt64(invalid))
         #expect(c.shortCompletions == UInt64(f.injectedShort))
         // Each injected errno or zero-byte completion fails exactly one attempt.
-        #expect(c.readErrors + c.writeErrors + c.discardErrors + c.flushErrors == UInt64(f.injectedErrno + f.injectedZero))
+        #expect(
+            c.readErrors + c.writeErrors + c.discardErrors + c.flushErrors == UInt64(f.injectedErrno + f.injectedZero))
         if action == .report {
             #expect(c.responsesError == c.invalidRequests + UInt64(f.injectedErrno + f.injectedZero))
         } else {

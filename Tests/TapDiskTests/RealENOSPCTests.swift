@@ -154,10 +154,14 @@ struct RealENOSPCTests {
         let bad = try Self.verify(imagePath: imagePath, chunks: chunks, ids: result.okayIDs, generation: generation)
         #expect(bad.isEmpty, "OKAY writes that did not read back: \(bad.prefix(10))")
         let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
-        print(String(
-            format: "[RealENOSPC] pause%@: free %.2f MiB, with filler %.2f MiB, after removal %.2f MiB; %d writes, %d held at pause, %llu resubmitted, %llu nospace errors, %d pause(s), %.2f MiB OKAY before the pause, all %d OKAY; %.1f s",
-            shuffled ? " shuffled" : " sequential", Self.mib(freeAtStart), Self.mib(freeWithFiller), Self.mib(freeAfterRemoval), chunks.count, heldAtPause,
-            c.resubmittedRequests, c.nospaceErrors, pauses, Self.mib(okayBytesAtPause), result.okayIDs.count, seconds))
+        print(
+            String(
+                format:
+                    "[RealENOSPC] pause%@: free %.2f MiB, with filler %.2f MiB, after removal %.2f MiB; %d writes, %d held at pause, %llu resubmitted, %llu nospace errors, %d pause(s), %.2f MiB OKAY before the pause, all %d OKAY; %.1f s",
+                shuffled ? " shuffled" : " sequential", Self.mib(freeAtStart), Self.mib(freeWithFiller),
+                Self.mib(freeAfterRemoval), chunks.count, heldAtPause,
+                c.resubmittedRequests, c.nospaceErrors, pauses, Self.mib(okayBytesAtPause), result.okayIDs.count,
+                seconds))
         fs.cleanup()
         #expect(!Self.leaked(fs), "leaked mount or loop device for \(mountPoint)")
         #expect(seconds < 20)
@@ -229,12 +233,14 @@ struct RealENOSPCTests {
             verified = "\(result.okayIDs.count - bad.count) of \(result.okayIDs.count) OKAY writes intact"
         }
         let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
-        print(String(
-            format: "[RealENOSPC] cache %@%@: free %.2f MiB; %d writes: %llu OKAY (%.2f MiB), %llu ERROR; %.2f MiB OKAY before the first ERROR; short completions %llu; flush %@; after remount %@; drive %.1f s, total %.1f s",
-            cache.rawValue, shuffled ? " shuffled" : " sequential", Self.mib(freeAtStart), chunks.count, okay,
-            Self.mib(result.okayBytes), errors, Self.mib(result.okayBytesBeforeFirstFailure), c.shortCompletions,
-            result.flushStatus.map { $0 == 0 ? "OKAY" : "ERROR(\($0))" } ?? "unanswered",
-            verified, driveSeconds, seconds))
+        print(
+            String(
+                format:
+                    "[RealENOSPC] cache %@%@: free %.2f MiB; %d writes: %llu OKAY (%.2f MiB), %llu ERROR; %.2f MiB OKAY before the first ERROR; short completions %llu; flush %@; after remount %@; drive %.1f s, total %.1f s",
+                cache.rawValue, shuffled ? " shuffled" : " sequential", Self.mib(freeAtStart), chunks.count, okay,
+                Self.mib(result.okayBytes), errors, Self.mib(result.okayBytesBeforeFirstFailure), c.shortCompletions,
+                result.flushStatus.map { $0 == 0 ? "OKAY" : "ERROR(\($0))" } ?? "unanswered",
+                verified, driveSeconds, seconds))
         fs.cleanup()
         #expect(!Self.leaked(fs), "leaked mount or loop device for \(mountPoint)")
         #expect(seconds < 20)
@@ -353,7 +359,9 @@ struct RealENOSPCTests {
                 var segments: [BlkifSegment] = []
                 for p in 0..<chunk.pages {
                     let gref = first + UInt32(p)
-                    Pattern.fill(h.frontend.page(gref), bytes: blockBytes, seed: seed(block: chunk.block + p, generation: generation))
+                    Pattern.fill(
+                        h.frontend.page(gref), bytes: blockBytes,
+                        seed: seed(block: chunk.block + p, generation: generation))
                     segments.append(BlkifSegment(gref: gref))
                 }
                 slotOf[chunk.id] = slot
@@ -362,7 +370,10 @@ struct RealENOSPCTests {
             if !batch.isEmpty { h.submit(batch) }
             if absorb() { continue }
             h.step()
-            if !absorb() { idle(h) ; _ = absorb() }
+            if !absorb() {
+                idle(h)
+                _ = absorb()
+            }
         }
         let unanswered = slotOf.count
 
@@ -427,7 +438,9 @@ struct RealENOSPCTests {
         var expected = [UInt8](repeating: 0, count: blockBytes)
         for id in ids {
             let chunk = chunks[Int(id) - 1]
-            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, chunk.bytes, off_t(chunk.block * blockBytes)) }
+            let n = buf.withUnsafeMutableBytes {
+                pread(fd, $0.baseAddress, chunk.bytes, off_t(chunk.block * blockBytes))
+            }
             guard n == chunk.bytes else {
                 bad.append(id)
                 continue
@@ -435,10 +448,13 @@ struct RealENOSPCTests {
             var ok = true
             for p in 0..<chunk.pages where ok {
                 expected.withUnsafeMutableBytes {
-                    Pattern.fill($0.baseAddress!, bytes: blockBytes, seed: seed(block: chunk.block + p, generation: generation))
+                    Pattern.fill(
+                        $0.baseAddress!, bytes: blockBytes, seed: seed(block: chunk.block + p, generation: generation))
                 }
                 ok = buf.withUnsafeBytes { b in
-                    expected.withUnsafeBytes { e in memcmp(b.baseAddress! + p * blockBytes, e.baseAddress!, blockBytes) == 0 }
+                    expected.withUnsafeBytes { e in
+                        memcmp(b.baseAddress! + p * blockBytes, e.baseAddress!, blockBytes) == 0
+                    }
                 }
             }
             if !ok { bad.append(id) }
@@ -458,7 +474,8 @@ struct RealENOSPCTests {
     static func leaked(_ fs: LoopFilesystem) -> Bool {
         let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
         let loops = (try? Shell.run(["losetup", "-a"]))?.stdout ?? ""
-        return LoopFilesystem.isMounted(fs.mountPoint) || mounts.contains(fs.mountPoint) || loops.contains(fs.backingFile)
+        return LoopFilesystem.isMounted(fs.mountPoint) || mounts.contains(fs.mountPoint)
+            || loops.contains(fs.backingFile)
     }
 
     static func mib(_ bytes: UInt64) -> Double { Double(bytes) / 1_048_576 }

@@ -1,4 +1,5 @@
 import CLibAIO
+import Glibc
 import Testing
 
 @testable import TapDisk
@@ -16,10 +17,12 @@ import Testing
 
     @Test func unsupportedOperations() {
         for op: UInt8 in [4, 6, 7, 8, 200, 255] {
-            #expect(reject(BlkifRequest.make(operation: op, id: 1, sector: 0, segments: [seg])) == .unsupportedOperation)
+            #expect(
+                reject(BlkifRequest.make(operation: op, id: 1, sector: 0, segments: [seg])) == .unsupportedOperation)
         }
         #expect(reject(BlkifRequest.discard(id: 1, sector: 0, sectors: 8, secure: true)) == .secureDiscard)
-        let noDiscard = RequestValidator(dataPages: 16, sectors: 1000, blockSectors: 1, readOnly: false, discardSupported: false)
+        let noDiscard = RequestValidator(
+            dataPages: 16, sectors: 1000, blockSectors: 1, readOnly: false, discardSupported: false)
         #expect(reject(BlkifRequest.discard(id: 1, sector: 0, sectors: 8), noDiscard) == .unsupportedOperation)
         #expect(Rejection.unsupportedOperation.status == .notSupported)
         #expect(Rejection.secureDiscard.status == .notSupported)
@@ -27,33 +30,62 @@ import Testing
 
     @Test func segmentCounts() {
         #expect(reject(BlkifRequest.make(operation: 0, id: 1, sector: 0, nrSegments: 0)) == .badSegmentCount)
-        #expect(reject(BlkifRequest.make(operation: 1, id: 1, sector: 0, segments: [seg], nrSegments: 12)) == .badSegmentCount)
-        #expect(reject(BlkifRequest.make(operation: 1, id: 1, sector: 0, segments: [seg], nrSegments: 255)) == .badSegmentCount)
-        #expect(reject(BlkifRequest.make(operation: 3, id: 1, sector: 0, segments: [seg], nrSegments: 12)) == .badSegmentCount)
-        #expect(reject(BlkifRequest.make(operation: 2, id: 1, sector: 0, segments: [seg], nrSegments: 12)) == .badSegmentCount)
+        #expect(
+            reject(BlkifRequest.make(operation: 1, id: 1, sector: 0, segments: [seg], nrSegments: 12))
+                == .badSegmentCount)
+        #expect(
+            reject(BlkifRequest.make(operation: 1, id: 1, sector: 0, segments: [seg], nrSegments: 255))
+                == .badSegmentCount)
+        #expect(
+            reject(BlkifRequest.make(operation: 3, id: 1, sector: 0, segments: [seg], nrSegments: 12))
+                == .badSegmentCount)
+        #expect(
+            reject(BlkifRequest.make(operation: 2, id: 1, sector: 0, segments: [seg], nrSegments: 12))
+                == .badSegmentCount)
         #expect(reject(BlkifRequest.flush(id: 1)) == nil)
         #expect(reject(BlkifRequest.barrier(id: 1)) == nil)
         #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: Array(repeating: seg, count: 11))) == nil)
     }
 
     @Test func segmentBounds() {
-        #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 5, lastSector: 4)])) == .firstAfterLast)
-        #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 0, lastSector: 8)])) == .lastSectorBeyondPage)
-        #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 9, lastSector: 200)])) == .lastSectorBeyondPage)
+        #expect(
+            reject(
+                BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 5, lastSector: 4)]))
+                == .firstAfterLast)
+        #expect(
+            reject(
+                BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 0, lastSector: 8)]))
+                == .lastSectorBeyondPage)
+        #expect(
+            reject(
+                BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 9, lastSector: 200)]))
+                == .lastSectorBeyondPage)
         #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 16)])) == .grefOutOfRange)
-        #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [seg, BlkifSegment(gref: .max)])) == .grefOutOfRange)
+        #expect(
+            reject(BlkifRequest.read(id: 1, sector: 0, segments: [seg, BlkifSegment(gref: .max)])) == .grefOutOfRange)
         // Segments past nr_segments are ignored even when garbage.
-        var r = BlkifRequest.read(id: 1, sector: 0, segments: [seg, BlkifSegment(gref: .max, firstSector: 9, lastSector: 1)])
+        var r = BlkifRequest.read(
+            id: 1, sector: 0, segments: [seg, BlkifSegment(gref: .max, firstSector: 9, lastSector: 1)])
         r.nr_segments = 1
         #expect(reject(r) == nil)
         // First failing rule wins, in the protocol's order.
-        #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 99, firstSector: 3, lastSector: 2)])) == .firstAfterLast)
+        #expect(
+            reject(
+                BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 99, firstSector: 3, lastSector: 2)]))
+                == .firstAfterLast)
     }
 
     @Test func logicalBlockAlignment() {
-        let v4k = RequestValidator(dataPages: 16, sectors: 1000, blockSectors: 8, readOnly: false, discardSupported: true)
-        #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 1, lastSector: 7)]), v4k) == .misalignedSegment)
-        #expect(reject(BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 0, lastSector: 6)]), v4k) == .misalignedSegment)
+        let v4k = RequestValidator(
+            dataPages: 16, sectors: 1000, blockSectors: 8, readOnly: false, discardSupported: true)
+        #expect(
+            reject(
+                BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 1, lastSector: 7)]),
+                v4k) == .misalignedSegment)
+        #expect(
+            reject(
+                BlkifRequest.read(id: 1, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 0, lastSector: 6)]),
+                v4k) == .misalignedSegment)
         #expect(reject(BlkifRequest.read(id: 1, sector: 4, segments: [seg]), v4k) == .misalignedRange)
         #expect(reject(BlkifRequest.discard(id: 1, sector: 4, sectors: 8), v4k) == .misalignedRange)
         #expect(reject(BlkifRequest.discard(id: 1, sector: 8, sectors: 4), v4k) == .misalignedRange)
@@ -96,8 +128,14 @@ import Testing
             (BlkifRequest.discard(id: 3, sector: 0, sectors: 8, secure: true), -2),
             (BlkifRequest.make(operation: 1, id: 4, sector: 0, nrSegments: 0), -1),
             (BlkifRequest.make(operation: 1, id: 5, sector: 0, segments: [seg], nrSegments: 12), -1),
-            (BlkifRequest.write(id: 6, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 3, lastSector: 1)]), -1),
-            (BlkifRequest.write(id: 7, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 0, lastSector: 8)]), -1),
+            (
+                BlkifRequest.write(id: 6, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 3, lastSector: 1)]),
+                -1
+            ),
+            (
+                BlkifRequest.write(id: 7, sector: 0, segments: [BlkifSegment(gref: 0, firstSector: 0, lastSector: 8)]),
+                -1
+            ),
             (BlkifRequest.write(id: 8, sector: 0, segments: [BlkifSegment(gref: 16)]), -1),
             (BlkifRequest.write(id: 9, sector: 2048, segments: [seg]), -1),
             (BlkifRequest.write(id: 10, sector: .max - 1, segments: [seg]), -1),
@@ -136,5 +174,3 @@ import Testing
         #expect(h.status(of: 1) == -1 && h.status(of: 2) == 0 && h.status(of: 3) == 0 && h.status(of: 4) == -1)
     }
 }
-
-import Glibc

@@ -61,7 +61,8 @@ import Testing
         for _ in 0..<6 {
             var batch: [clibaio_blkif_request] = []
             for _ in 0..<20 {
-                batch.append(BlkifRequest.write(id: id, sector: id * 8, segments: [BlkifSegment(gref: UInt32(id % 512))]))
+                batch.append(
+                    BlkifRequest.write(id: id, sector: id * 8, segments: [BlkifSegment(gref: UInt32(id % 512))]))
                 id += 1
             }
             h.submit(batch)

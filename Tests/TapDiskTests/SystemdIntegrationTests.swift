@@ -8,7 +8,9 @@ import Testing
 /// The daemon's side of systemd: socket activation (`LISTEN_FDS`) and sd_notify, checked against
 /// the real binary with systemd's own `systemd-socket-activate` and a notify socket of our own.
 @Suite struct SystemdIntegrationTests {
-    static var hasSocketActivate: Bool { FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate") }
+    static var hasSocketActivate: Bool {
+        FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate")
+    }
 
     @Test(.enabled(if: hasSocketActivate)) func socketActivation() throws {
         let image = try EngineHarness.makeTemporaryImage(bytes: 4 << 20)
@@ -64,7 +66,11 @@ import Testing
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, b) in notifyPath.utf8.enumerated() { raw[i] = b }
         }
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
         #expect(bound == 0)
         var env = ProcessInfo.processInfo.environment
         env["NOTIFY_SOCKET"] = notifyPath

@@ -27,7 +27,9 @@ import Testing
                 raw.copyBytes(from: Array(path.utf8) + [0])
             }
             let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
             }
             guard rc == 0 else { throw Errno.current }
             setenv("NOTIFY_SOCKET", path, 1)
@@ -75,7 +77,8 @@ import Testing
     }
 
     @Test func watchdogInterval() {
-        let pid = "\(getpid())", otherPid = "\(getpid() + 1)"
+        let pid = "\(getpid())"
+        let otherPid = "\(getpid() + 1)"
         func interval(_ env: [String: String]) -> Duration? {
             SystemdNotifier(environment: { env[$0] }).watchdogInterval
         }
@@ -93,7 +96,10 @@ import Testing
         var template = Array("/tmp/tapdisk-listen-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw Errno.current }
         let dir = String(cString: made)
-        defer { unlink(dir + "/s"); rmdir(dir) }
+        defer {
+            unlink(dir + "/s")
+            rmdir(dir)
+        }
         let listener = try Errno.check(clibaio_unix_listen(dir + "/s", 4))
         defer { close(listener) }
         let dgram = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)

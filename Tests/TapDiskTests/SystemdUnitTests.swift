@@ -31,16 +31,22 @@ struct SystemdUnitTests {
     }
 
     @Test func unitsVerify() throws {
-        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("tapdisk-units-\(getpid())-\(UUID().uuidString)").path
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "tapdisk-units-\(getpid())-\(UUID().uuidString)"
+        ).path
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: tmp) }
         let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd@.service", encoding: .utf8)
         #expect(service.contains("ExecStart=/usr/local/bin/tapdiskd "))
-        try service.replacingOccurrences(of: "ExecStart=/usr/local/bin/tapdiskd ", with: "ExecStart=\(Self.executableForVerify()) ")
-            .write(toFile: tmp + "/tapdiskd@.service", atomically: true, encoding: .utf8)
+        try service.replacingOccurrences(
+            of: "ExecStart=/usr/local/bin/tapdiskd ", with: "ExecStart=\(Self.executableForVerify()) "
+        )
+        .write(toFile: tmp + "/tapdiskd@.service", atomically: true, encoding: .utf8)
         try FileManager.default.copyItem(atPath: Self.unitDir + "/tapdiskd@.socket", toPath: tmp + "/tapdiskd@.socket")
 
-        let r = try Shell.run(["systemd-analyze", "verify", "--man=no", tmp + "/tapdiskd@ci.service", tmp + "/tapdiskd@ci.socket"])
+        let r = try Shell.run([
+            "systemd-analyze", "verify", "--man=no", tmp + "/tapdiskd@ci.service", tmp + "/tapdiskd@ci.socket",
+        ])
         #expect(r.status == 0, "\(r.stderr)")
         // verify only warns (exit 0) about unknown keys or unparsable values: treat any warning
         // about our units as a failure. Lines about unrelated system units are not ours to fix.
@@ -49,9 +55,12 @@ struct SystemdUnitTests {
     }
 
     @Test func serviceExposureIsAtMost2() throws {
-        let r = try Shell.run(["systemd-analyze", "security", "--offline=true", "--no-pager", Self.unitDir + "/tapdiskd@.service"])
+        let r = try Shell.run([
+            "systemd-analyze", "security", "--offline=true", "--no-pager", Self.unitDir + "/tapdiskd@.service",
+        ])
         #expect(r.status == 0, "\(r.stderr)")
-        let line = try #require(r.stdout.split(separator: "\n").first { $0.contains("Overall exposure level") }, "\(r.stdout)\n\(r.stderr)")
+        let line = try #require(
+            r.stdout.split(separator: "\n").first { $0.contains("Overall exposure level") }, "\(r.stdout)\n\(r.stderr)")
         // "→ Overall exposure level for tapdiskd@i.service: 0.7 SAFE 😀"
         let afterColon = try #require(line.split(separator: ":").last)
         let number = try #require(afterColon.split(separator: " ").first.flatMap { Double($0) }, "\(line)")
@@ -64,8 +73,10 @@ struct SystemdUnitTests {
         #expect(socket.contains("SocketMode=0600"))
         #expect(socket.contains("RemoveOnStop=yes"))
         let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd@.service", encoding: .utf8)
-        for key in ["Type=notify", "NotifyAccess=main", "Restart=on-failure", "EnvironmentFile=/etc/tapdisk/%i.conf",
-                    "Requires=tapdiskd@%i.socket", "RestrictAddressFamilies=AF_UNIX"] {
+        for key in [
+            "Type=notify", "NotifyAccess=main", "Restart=on-failure", "EnvironmentFile=/etc/tapdisk/%i.conf",
+            "Requires=tapdiskd@%i.socket", "RestrictAddressFamilies=AF_UNIX",
+        ] {
             #expect(service.contains(key), "\(key)")
         }
         #expect(service.contains("WatchdogSec="))

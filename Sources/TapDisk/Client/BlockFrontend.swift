@@ -21,7 +21,9 @@ package final class BlockFrontend {
         self.pageOrder = pageOrder
         self.dataPages = dataPages
         let bytes = RingLayout.sharedBytes(pageOrder: pageOrder, dataPages: dataPages)
-        let fd = FileDescriptor(adopting: try Errno.check(clibaio_memfd_create("tapdisk-ring", clibaio_MFD_CLOEXEC | clibaio_MFD_ALLOW_SEALING)))
+        let fd = FileDescriptor(
+            adopting: try Errno.check(
+                clibaio_memfd_create("tapdisk-ring", clibaio_MFD_CLOEXEC | clibaio_MFD_ALLOW_SEALING)))
         guard ftruncate(fd.rawValue, off_t(bytes)) == 0 else { throw Errno.current }
         _ = try Errno.check(clibaio_add_seals(fd.rawValue, clibaio_F_SEAL_SHRINK | clibaio_F_SEAL_GROW))
         mapping = try SharedMapping(fd: fd, byteCount: bytes)

@@ -35,7 +35,8 @@ package final class ControlClient {
     package let fd: FileDescriptor
     private var events: [JSONObject] = []
     private var nextTag: Int64 = 1
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
 
     package init(socketPath: String) throws(Failure) {
         let fd = clibaio_unix_connect(socketPath)
@@ -48,7 +49,9 @@ package final class ControlClient {
     /// Sends raw bytes (tests use this for malformed input) with optional fds.
     package func sendRaw(_ bytes: [UInt8], fds: [Int32] = []) throws(Failure) {
         let n = bytes.withUnsafeBytes { raw in
-            fds.withUnsafeBufferPointer { clibaio_send_datagram(fd.rawValue, raw.baseAddress, raw.count, $0.baseAddress, Int32(fds.count), 0) }
+            fds.withUnsafeBufferPointer {
+                clibaio_send_datagram(fd.rawValue, raw.baseAddress, raw.count, $0.baseAddress, Int32(fds.count), 0)
+            }
         }
         if n < 0 { throw .system(Errno(rawValue: Int32(-n))) }
     }
@@ -84,7 +87,9 @@ package final class ControlClient {
         while true {
             let now = MonotonicClock.nanoseconds()
             guard now < deadline else { throw .timedOut }
-            guard let message = try receive(timeoutMilliseconds: Int32((deadline - now) / 1_000_000) + 1) else { continue }
+            guard let message = try receive(timeoutMilliseconds: Int32((deadline - now) / 1_000_000) + 1) else {
+                continue
+            }
             if message["event"] != nil {
                 events.append(message)
                 continue
@@ -94,7 +99,9 @@ package final class ControlClient {
     }
 
     /// Sends a command and returns its reply, whether ok or not.
-    package func request(_ command: String, _ arguments: JSONObject = [:], fds: [Int32] = [], timeoutMilliseconds: Int32 = 30_000) throws(Failure) -> JSONObject {
+    package func request(
+        _ command: String, _ arguments: JSONObject = [:], fds: [Int32] = [], timeoutMilliseconds: Int32 = 30_000
+    ) throws(Failure) -> JSONObject {
         var object = JSONObject()
         object.set("cmd", .string(command))
         object.set("tag", .int(nextTag))
@@ -106,7 +113,9 @@ package final class ControlClient {
 
     /// Sends a command; an `ok: false` reply becomes `Failure.refused`.
     @discardableResult
-    package func call(_ command: String, _ arguments: JSONObject = [:], fds: [Int32] = [], timeoutMilliseconds: Int32 = 30_000) throws(Failure) -> JSONObject {
+    package func call(
+        _ command: String, _ arguments: JSONObject = [:], fds: [Int32] = [], timeoutMilliseconds: Int32 = 30_000
+    ) throws(Failure) -> JSONObject {
         let reply = try request(command, arguments, fds: fds, timeoutMilliseconds: timeoutMilliseconds)
         if reply["ok"]?.boolValue == true { return reply }
         let error = reply["error"]?.objectValue

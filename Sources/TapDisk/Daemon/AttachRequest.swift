@@ -51,7 +51,9 @@ struct AttachRequest {
         let memfd = fds[0]
         let seals = clibaio_get_seals(memfd)
         guard seals >= 0 else { throw .invalidArgument("the shared memory fd has no seals interface (not a memfd)") }
-        guard seals & clibaio_F_SEAL_SHRINK != 0 else { throw .invalidArgument("the memfd must be sealed with F_SEAL_SHRINK") }
+        guard seals & clibaio_F_SEAL_SHRINK != 0 else {
+            throw .invalidArgument("the memfd must be sealed with F_SEAL_SHRINK")
+        }
         guard seals & (clibaio_F_SEAL_WRITE | clibaio_F_SEAL_FUTURE_WRITE) == 0 else {
             throw .invalidArgument("the memfd must not be write-sealed")
         }

@@ -22,10 +22,19 @@ extension Daemon {
             case "resume":
                 let failHeld = try request.bool("fail-held") ?? false
                 try requireAttached()
-                guard engine.state.isPaused else { throw .wrongState("resume: the disk is \(engine.state.name), not paused") }
+                guard engine.state.isPaused else {
+                    throw .wrongState("resume: the disk is \(engine.state.name), not paused")
+                }
                 let r = engine.resume(failHeld: failHeld)
-                logger.notice("resumed", metadata: ["image": "\(config.imagePath)", "resubmitted": "\(r.resubmitted)", "failed": "\(r.failed)"])
-                reply(connection, ControlReply.ok(fields: ["resubmitted": .integer(r.resubmitted), "failed": .integer(r.failed)], tag: tag))
+                logger.notice(
+                    "resumed",
+                    metadata: [
+                        "image": "\(config.imagePath)", "resubmitted": "\(r.resubmitted)", "failed": "\(r.failed)",
+                    ])
+                reply(
+                    connection,
+                    ControlReply.ok(
+                        fields: ["resubmitted": .integer(r.resubmitted), "failed": .integer(r.failed)], tag: tag))
             case "subscribe":
                 connection.subscribed = true
                 reply(connection, ControlReply.ok(tag: tag))
@@ -67,7 +76,9 @@ extension Daemon {
                 "fs-free-bytes": .uint(s.freeBytes), "overcommit-bytes": .uint(s.overcommitBytes),
             ]
         } else {
-            space = ["apparent-bytes": .null, "allocated-bytes": .null, "fs-free-bytes": .null, "overcommit-bytes": .null]
+            space = [
+                "apparent-bytes": .null, "allocated-bytes": .null, "fs-free-bytes": .null, "overcommit-bytes": .null,
+            ]
         }
         return [
             "state": .string(engine.state.name),
@@ -90,10 +101,13 @@ extension Daemon {
         return counters
     }
 
-    private func attach(_ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool) throws(ControlError) {
+    private func attach(
+        _ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool
+    ) throws(ControlError) {
         let parsed = try AttachRequest(request)
         guard !engine.isAttached else { throw .busy("a frontend is already attached") }
-        let attachment = try parsed.validate(fds: fds, controlTruncated: controlTruncated, maxRingPageOrder: config.maxRingPageOrder)
+        let attachment = try parsed.validate(
+            fds: fds, controlTruncated: controlTruncated, maxRingPageOrder: config.maxRingPageOrder)
         do {
             try engine.attach(attachment)
         } catch {
@@ -105,7 +119,12 @@ extension Daemon {
         }
         owner = connection.token
         registerKick()
-        logger.info("attached", metadata: ["image": "\(config.imagePath)", "ring-page-order": "\(parsed.pageOrder)", "data-pages": "\(parsed.dataPages)"])
+        logger.info(
+            "attached",
+            metadata: [
+                "image": "\(config.imagePath)", "ring-page-order": "\(parsed.pageOrder)",
+                "data-pages": "\(parsed.dataPages)",
+            ])
         var fields = info()
         fields.set("ring-entries", .uint(UInt64(engine.ringEntries)))
         reply(connection, ControlReply.ok(fields: fields, tag: request.tag))

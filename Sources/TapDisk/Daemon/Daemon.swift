@@ -46,7 +46,8 @@ package final class Daemon {
     private var settlePending = false
     private var lastWatchdogNanos: UInt64 = 0
     private var lastStatusNanos: UInt64 = 0
-    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
+    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
 
     /// Opens the image and binds the socket. The socket comes last, so a daemon that fails to
     /// start creates no socket file (§1).
@@ -196,7 +197,8 @@ package final class Daemon {
             }
             if !progressed { break }
         }
-        settlePending = (engine.state == .closing && engine.isDrained)
+        settlePending =
+            (engine.state == .closing && engine.isDrained)
             || connections.values.contains { c in
                 if case .pause = c.deferred { return engine.isQuiescent }
                 return false
@@ -219,7 +221,9 @@ package final class Daemon {
         for connection in connections.values {
             guard case .detach(let tag, _) = connection.deferred else { continue }
             connection.deferred = nil
-            reply(connection, ControlReply.ok(fields: ["completed": .uint(completed), "req-cons": .uint(UInt64(reqCons))], tag: tag))
+            reply(
+                connection,
+                ControlReply.ok(fields: ["completed": .uint(completed), "req-cons": .uint(UInt64(reqCons))], tag: tag))
             readRequests(connection)
         }
         logger.info("detached", metadata: ["image": "\(config.imagePath)", "req-cons": "\(reqCons)"])
@@ -240,7 +244,9 @@ package final class Daemon {
         engine.tick(nowNanos: now)
         checkLowSpace()
         if let interval = notifier.watchdogInterval {
-            let half = UInt64(interval.components.seconds) * 500_000_000 + UInt64(interval.components.attoseconds / 2_000_000_000)
+            let half =
+                UInt64(interval.components.seconds) * 500_000_000
+                + UInt64(interval.components.attoseconds / 2_000_000_000)
             if now &- lastWatchdogNanos >= half {
                 lastWatchdogNanos = now
                 _ = try? notifier.watchdogPing()
@@ -255,8 +261,14 @@ package final class Daemon {
         if space.freeBytes < limit {
             if lowSpaceArmed {
                 lowSpaceArmed = false
-                logger.warning("low space", metadata: ["image": "\(config.imagePath)", "fs-free-bytes": "\(space.freeBytes)", "threshold-bytes": "\(limit)"])
-                broadcast(event: "low-space", ["fs-free-bytes": .uint(space.freeBytes), "threshold-bytes": .uint(limit)])
+                logger.warning(
+                    "low space",
+                    metadata: [
+                        "image": "\(config.imagePath)", "fs-free-bytes": "\(space.freeBytes)",
+                        "threshold-bytes": "\(limit)",
+                    ])
+                broadcast(
+                    event: "low-space", ["fs-free-bytes": .uint(space.freeBytes), "threshold-bytes": .uint(limit)])
             }
         } else if space.freeBytes > limit {
             lowSpaceArmed = true
@@ -266,7 +278,8 @@ package final class Daemon {
     private func sendStatus() {
         lastStatusNanos = MonotonicClock.nanoseconds()
         let c = engine.counters
-        let text = "state=\(engine.state.name)\(engine.state.reason.map { "(\($0))" } ?? "") io-status=\(engine.ioStatus.rawValue) in-flight=\(c.inFlight) held=\(c.held) ok=\(c.responsesOkay) error=\(c.responsesError)"
+        let text =
+            "state=\(engine.state.name)\(engine.state.reason.map { "(\($0))" } ?? "") io-status=\(engine.ioStatus.rawValue) in-flight=\(c.inFlight) held=\(c.held) ok=\(c.responsesOkay) error=\(c.responsesError)"
         _ = try? notifier.status(text)
     }
 
@@ -275,7 +288,10 @@ package final class Daemon {
     private func engineEvent(_ event: EngineEvent) {
         switch event {
         case .ioError(let operation, let errno, let action, let sector):
-            guard let suppressed = rateLimiter.admit(operation: operation, errno: errno.rawValue, nowNanos: MonotonicClock.nanoseconds()) else { return }
+            guard
+                let suppressed = rateLimiter.admit(
+                    operation: operation, errno: errno.rawValue, nowNanos: MonotonicClock.nanoseconds())
+            else { return }
             logger.error(
                 "I/O error",
                 metadata: [
@@ -285,13 +301,18 @@ package final class Daemon {
             broadcast(
                 event: "io-error",
                 [
-                    "operation": .string(operation), "errno": .string(errno.name), "errno-value": .int(Int64(errno.rawValue)),
+                    "operation": .string(operation), "errno": .string(errno.name),
+                    "errno-value": .int(Int64(errno.rawValue)),
                     "nospace": .bool(errno.isNoSpace), "action": .string(action.rawValue), "sector": .uint(sector),
                     "suppressed": .uint(suppressed),
                 ])
         case .stateChanged(let state):
-            logger.notice("state \(state.name)", metadata: ["image": "\(config.imagePath)", "reason": "\(state.reason ?? "none")"])
-            broadcast(event: "state-changed", ["state": .string(state.name), "reason": state.reason.map { .string($0) } ?? .null])
+            logger.notice(
+                "state \(state.name)",
+                metadata: ["image": "\(config.imagePath)", "reason": "\(state.reason ?? "none")"])
+            broadcast(
+                event: "state-changed",
+                ["state": .string(state.name), "reason": state.reason.map { .string($0) } ?? .null])
             sendStatus()
         case .frontendViolation(let message):
             logger.error("frontend violation: \(message)", metadata: ["image": "\(config.imagePath)"])
@@ -362,13 +383,17 @@ package final class Daemon {
             case .failure(let failure):
                 reply(connection, ControlReply.error(failure))
             case .success(let request):
-                handle(request, from: connection, fds: received, controlTruncated: flags & clibaio_MSG_CTRUNC != 0 || nfds > 8)
+                handle(
+                    request, from: connection, fds: received,
+                    controlTruncated: flags & clibaio_MSG_CTRUNC != 0 || nfds > 8)
             }
         }
         // The peer hung up and nothing more is queued for reading: close after this batch.
         if !connection.isClosed, connection.deferred == nil, clibaio_peer_hung_up(connection.fd.rawValue) == 1 {
             var probe: UInt8 = 0
-            if recv(connection.fd.rawValue, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0 { connection.isClosed = true }
+            if recv(connection.fd.rawValue, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0 {
+                connection.isClosed = true
+            }
         }
         updateInterest(connection)
     }
@@ -393,7 +418,9 @@ package final class Daemon {
     private func send(_ connection: ControlConnection, _ bytes: [UInt8]) {
         guard !connection.isClosed else { return }
         if connection.outbox.isEmpty {
-            let n = bytes.withUnsafeBytes { clibaio_send_datagram(connection.fd.rawValue, $0.baseAddress, $0.count, nil, 0, 1) }
+            let n = bytes.withUnsafeBytes {
+                clibaio_send_datagram(connection.fd.rawValue, $0.baseAddress, $0.count, nil, 0, 1)
+            }
             if n >= 0 { return }
             if -n != EAGAIN {
                 connection.isClosed = true
@@ -424,7 +451,8 @@ package final class Daemon {
         if owner == token {
             // The frontend died: serve out what it consumed, then back to idle (§2.3).
             owner = nil
-            logger.warning("frontend connection closed without detach; draining", metadata: ["image": "\(config.imagePath)"])
+            logger.warning(
+                "frontend connection closed without detach; draining", metadata: ["image": "\(config.imagePath)"])
             if engine.isAttached && engine.state != .closing { engine.beginDetach() }
         }
     }

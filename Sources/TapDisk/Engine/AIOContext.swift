@@ -13,7 +13,7 @@ package struct AIOContext: ~Copyable {
     package let capacity: Int32
 
     #if TAPDISK_FAULT_INJECTION
-    package var faults = FaultInjector()
+        package var faults = FaultInjector()
     #endif
 
     package init(capacity: Int32) throws(Errno) {
@@ -39,10 +39,10 @@ package struct AIOContext: ~Copyable {
     @inline(__always)
     package mutating func submit(_ iocbs: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>, count: Int) -> Int32 {
         #if TAPDISK_FAULT_INJECTION
-        if let injected = faults.interceptSubmit(count: count) {
-            if injected <= 0 { return injected }
-            return clibaio_submit(context, Int(injected), iocbs)
-        }
+            if let injected = faults.interceptSubmit(count: count) {
+                if injected <= 0 { return injected }
+                return clibaio_submit(context, Int(injected), iocbs)
+            }
         #endif
         return clibaio_submit(context, count, iocbs)
     }
@@ -52,11 +52,10 @@ package struct AIOContext: ~Copyable {
     package mutating func reap(into events: UnsafeMutablePointer<io_event>, max: Int) -> Int32 {
         let n = clibaio_getevents(context, max, events)
         #if TAPDISK_FAULT_INJECTION
-        if n > 0 {
-            for i in 0..<Int(n) { faults.interceptCompletion(&events[i]) }
-        }
+            if n > 0 {
+                for i in 0..<Int(n) { faults.interceptCompletion(&events[i]) }
+            }
         #endif
         return n
     }
 }
-

@@ -58,7 +58,8 @@ package struct FailurePolicy: Sendable {
     /// Seconds a nospace/io-error pause may last before held requests are failed; 0 = forever.
     package var pauseTimeoutSeconds: UInt64
 
-    package init(onNospace: FailureAction = .report, onError: FailureAction = .report, pauseTimeoutSeconds: UInt64 = 60) {
+    package init(onNospace: FailureAction = .report, onError: FailureAction = .report, pauseTimeoutSeconds: UInt64 = 60)
+    {
         self.onNospace = onNospace
         self.onError = onError
         self.pauseTimeoutSeconds = pauseTimeoutSeconds

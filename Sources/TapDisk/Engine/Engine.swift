@@ -25,7 +25,8 @@ package final class Engine {
     private var table = RequestTable(capacity: 0)
     package private(set) var isAttached = false
     private var ring = BackendRing.detached
-    private var validator = RequestValidator(dataPages: 0, sectors: 0, blockSectors: 1, readOnly: true, discardSupported: false)
+    private var validator = RequestValidator(
+        dataPages: 0, sectors: 0, blockSectors: 1, readOnly: true, discardSupported: false)
     private var dataBase = UnsafeMutableRawPointer(bitPattern: 0x1000)!
     private var notifyFD: Int32 = -1
     package private(set) var kickFD: Int32 = -1
@@ -38,7 +39,9 @@ package final class Engine {
     private var pauseStartedNanos: UInt64 = 0
     private var pauseFreeBytes: UInt64? = nil
 
-    package init(image: consuming Image, policy: FailurePolicy = FailurePolicy(), maxRingPageOrder: Int = 4) throws(Errno) {
+    package init(image: consuming Image, policy: FailurePolicy = FailurePolicy(), maxRingPageOrder: Int = 4)
+        throws(Errno)
+    {
         precondition(maxRingPageOrder >= 0 && maxRingPageOrder <= RingLayout.maxPageOrder)
         // One iocb per outstanding request at most, so the largest ring bounds the context.
         aio = try AIOContext(capacity: Int32(RingLayout.entries(pageOrder: maxRingPageOrder)))
@@ -48,16 +51,16 @@ package final class Engine {
     }
 
     #if TAPDISK_FAULT_INJECTION
-    /// The fault-injection seam (debug builds only).
-    package var faults: FaultInjector {
-        get { aio.faults }
-        set { aio.faults = newValue }
-    }
+        /// The fault-injection seam (debug builds only).
+        package var faults: FaultInjector {
+            get { aio.faults }
+            set { aio.faults = newValue }
+        }
     #endif
 
     /// The completion eventfd the event loop must watch for `handleCompletions`.
     package var completionFD: Int32 { aio.eventFD.rawValue }
-        /// Requests consumed and neither answered nor held (queued, submitted or waiting on a barrier).
+    /// Requests consumed and neither answered nor held (queued, submitted or waiting on a barrier).
     package var inFlight: Int { Int(counters.inFlight) }
     package var held: Int { Int(counters.held) }
     package var ringEntries: UInt32 { isAttached ? ring.entries : 0 }
@@ -88,7 +91,8 @@ package final class Engine {
         let newRing = BackendRing(base: base, pageOrder: newAttachment.pageOrder)
         if newRing.header.reqProd &- newRing.header.rspProd > newRing.entries { throw .ringState }
         ring = newRing
-        validator = RequestValidator(dataPages: UInt32(newAttachment.dataPages), geometry: image.geometry, readOnly: image.readOnly)
+        validator = RequestValidator(
+            dataPages: UInt32(newAttachment.dataPages), geometry: image.geometry, readOnly: image.readOnly)
         dataBase = base + (1 << newAttachment.pageOrder) * RingLayout.pageSize
         notifyFD = newAttachment.notify.rawValue
         kickFD = newAttachment.kick.rawValue
@@ -209,7 +213,9 @@ package final class Engine {
         let pending: UInt32
         switch ring.pendingRequests() {
         case .violation(let reqProd):
-            halt("req_prod \(reqProd) is impossible: req_cons \(ring.reqCons), rsp_prod \(ring.rspProdPvt), ring-entries \(ring.entries)")
+            halt(
+                "req_prod \(reqProd) is impossible: req_cons \(ring.reqCons), rsp_prod \(ring.rspProdPvt), ring-entries \(ring.entries)"
+            )
             return
         case .requests(let n):
             pending = n
@@ -251,7 +257,9 @@ package final class Engine {
             return
         }
         if accepted.operation == .flushDiskCache && syncFailed {
-            refuseAfterFailedSync(id: request.id, operation: request.operation, sector: accepted.dataSectors > 0 ? request.sector_number : 0)
+            refuseAfterFailedSync(
+                id: request.id, operation: request.operation,
+                sector: accepted.dataSectors > 0 ? request.sector_number : 0)
             return
         }
         // The ring check bounds outstanding requests by the table size, so this cannot fail for
@@ -343,9 +351,11 @@ package final class Engine {
         let fileOffset = Int64(r.sector) * 512 + Int64(r.transferred)
         let cb = table.iocbs + index
         if r.operation == .read {
-            clibaio_prep_preadv(cb, image.fd.rawValue, iov, Int32(count), fileOffset, aio.eventFD.rawValue, UInt64(index))
+            clibaio_prep_preadv(
+                cb, image.fd.rawValue, iov, Int32(count), fileOffset, aio.eventFD.rawValue, UInt64(index))
         } else {
-            clibaio_prep_pwritev(cb, image.fd.rawValue, iov, Int32(count), fileOffset, aio.eventFD.rawValue, UInt64(index))
+            clibaio_prep_pwritev(
+                cb, image.fd.rawValue, iov, Int32(count), fileOffset, aio.eventFD.rawValue, UInt64(index))
         }
         table.enqueue(index)
     }
@@ -479,7 +489,10 @@ package final class Engine {
     private func refuseAfterFailedSync(_ index: Int) {
         counters.flushErrors += 1
         let r = table.records[index]
-        onEvent(.ioError(operation: "flush", errno: Errno(rawValue: EIO), action: .report, sector: r.dataBytes > 0 ? r.sector : 0))
+        onEvent(
+            .ioError(
+                operation: "flush", errno: Errno(rawValue: EIO), action: .report, sector: r.dataBytes > 0 ? r.sector : 0
+            ))
         finish(index, .error)
     }
 
@@ -525,13 +538,13 @@ package final class Engine {
         let length = Int64(r.discardSectors) * 512
         var error: Errno? = nil
         #if TAPDISK_FAULT_INJECTION
-        if let injected = aio.faults.interceptDiscard() {
-            error = Errno(rawValue: injected)
-        } else {
-            error = image.punchHole(offset: offset, length: length)
-        }
+            if let injected = aio.faults.interceptDiscard() {
+                error = Errno(rawValue: injected)
+            } else {
+                error = image.punchHole(offset: offset, length: length)
+            }
         #else
-        error = image.punchHole(offset: offset, length: length)
+            error = image.punchHole(offset: offset, length: length)
         #endif
         table.records[index].phase = .submitted
         guard let error else {

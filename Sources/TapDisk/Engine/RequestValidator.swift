@@ -65,9 +65,18 @@ package struct RequestValidator: Sendable {
             let segs = raw.bindMemory(to: clibaio_blkif_segment.self)
             for i in 0..<n {
                 let s = segs[i]
-                if s.first_sect > s.last_sect { segmentRejection = .firstAfterLast; return }
-                if s.last_sect > 7 { segmentRejection = .lastSectorBeyondPage; return }
-                if s.gref >= dataPages { segmentRejection = .grefOutOfRange; return }
+                if s.first_sect > s.last_sect {
+                    segmentRejection = .firstAfterLast
+                    return
+                }
+                if s.last_sect > 7 {
+                    segmentRejection = .lastSectorBeyondPage
+                    return
+                }
+                if s.gref >= dataPages {
+                    segmentRejection = .grefOutOfRange
+                    return
+                }
                 if blockSectors > 1,
                     UInt64(s.first_sect) % blockSectors != 0 || (UInt64(s.last_sect) + 1) % blockSectors != 0
                 {

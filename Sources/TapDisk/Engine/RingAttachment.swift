@@ -8,7 +8,10 @@ package struct RingAttachment: ~Copyable {
     package let pageOrder: Int
     package let dataPages: Int
 
-    package init(mapping: consuming SharedMapping, kick: consuming FileDescriptor, notify: consuming FileDescriptor, pageOrder: Int, dataPages: Int) {
+    package init(
+        mapping: consuming SharedMapping, kick: consuming FileDescriptor, notify: consuming FileDescriptor,
+        pageOrder: Int, dataPages: Int
+    ) {
         self.mapping = mapping
         self.kick = kick
         self.notify = notify

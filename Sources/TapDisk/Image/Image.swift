@@ -22,7 +22,8 @@ package struct Image: ~Copyable {
         package var description: String {
             switch self {
             case .system(let e, let what): "\(what): \(e)"
-            case .directIOUnsupported(let p): "\(p): the filesystem refuses O_DIRECT; use --cache writeback (or writethrough)"
+            case .directIOUnsupported(let p):
+                "\(p): the filesystem refuses O_DIRECT; use --cache writeback (or writethrough)"
             case .notFileOrBlockDevice(let p): "\(p): not a regular file or block device"
             case .unsupportedSectorSize(let s): "logical sector size \(s) is not a power of two between 512 and 4096"
             }
@@ -51,7 +52,8 @@ package struct Image: ~Copyable {
             if kind == S_IFBLK {
                 geometry = try Self.blockDeviceGeometry(opened)
             } else if kind == S_IFREG {
-                geometry = try Self.fileGeometry(opened, path: path, size: UInt64(st.st_size), cache: cache, readOnly: readOnly)
+                geometry = try Self.fileGeometry(
+                    opened, path: path, size: UInt64(st.st_size), cache: cache, readOnly: readOnly)
             } else {
                 throw OpenError.notFileOrBlockDevice(path)
             }
@@ -111,7 +113,9 @@ package struct Image: ~Copyable {
     /// Whether the filesystem can punch holes: a punch past EOF with KEEP_SIZE changes nothing
     /// but fails with EOPNOTSUPP where unsupported. A read-only disk probes through a temporary
     /// writable fd when it may, because `discard` is advertised independent of `--readonly`.
-    private static func probePunchHole(_ fd: borrowing FileDescriptor, path: String, size: UInt64, readOnly: Bool) -> Bool {
+    private static func probePunchHole(_ fd: borrowing FileDescriptor, path: String, size: UInt64, readOnly: Bool)
+        -> Bool
+    {
         let offset = Int64(clamping: size) + 4096
         if !readOnly {
             return clibaio_punch_hole(fd.rawValue, offset, 4096) == 0

@@ -43,7 +43,8 @@ package enum ImageCreator {
     ///   failing call (`ENOSPC`, `EDQUOT`, `EIO`, ...); in those cases the file has been removed.
     package static func create(path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(Failure) {
         guard sizeBytes > 0 else {
-            throw Failure(errno: Errno(rawValue: EINVAL), message: "invalid size 0: an image needs at least one 512-byte sector")
+            throw Failure(
+                errno: Errno(rawValue: EINVAL), message: "invalid size 0: an image needs at least one 512-byte sector")
         }
         guard sizeBytes % 512 == 0 else {
             throw Failure(
@@ -60,7 +61,9 @@ package enum ImageCreator {
         if fd < 0 {
             let e = Errno(rawValue: -fd)
             if e.rawValue == EEXIST {
-                throw Failure(errno: e, message: "\(path) already exists; refusing to overwrite it (remove it first if you mean to)")
+                throw Failure(
+                    errno: e,
+                    message: "\(path) already exists; refusing to overwrite it (remove it first if you mean to)")
             }
             throw Failure(errno: e, message: "cannot create \(path): \(e)")
         }
@@ -85,7 +88,8 @@ package enum ImageCreator {
             try syncDirectory(of: path)
         } catch {
             removeAndSyncDirectory(path)
-            throw Failure(errno: error, message: "cannot fsync the directory of \(path): \(error); the file was removed")
+            throw Failure(
+                errno: error, message: "cannot fsync the directory of \(path): \(error); the file was removed")
         }
     }
 
@@ -115,7 +119,9 @@ package enum ImageCreator {
                     throw Failure(errno: e, message: "cannot write zeros to \(path) at offset \(offset): \(e)")
                 }
                 if n == 0 {  // Not expected from a regular file; treat as out of space, never spin.
-                    throw Failure(errno: Errno(rawValue: ENOSPC), message: "cannot write zeros to \(path) at offset \(offset): no progress")
+                    throw Failure(
+                        errno: Errno(rawValue: ENOSPC),
+                        message: "cannot write zeros to \(path) at offset \(offset): no progress")
                 }
                 offset += Int64(n)
             }

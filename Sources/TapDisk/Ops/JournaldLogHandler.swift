@@ -54,7 +54,8 @@ package struct JournaldLogHandler: LogHandler {
     }
 
     /// `<N>label: message key=value ...\n`, metadata sorted by key so lines are diffable.
-    package static func format(level: Logger.Level, label: String, message: String, metadata: Logger.Metadata) -> String {
+    package static func format(level: Logger.Level, label: String, message: String, metadata: Logger.Metadata) -> String
+    {
         var line = "<\(priority(level))>\(label): \(escapeNewlines(message))"
         for key in metadata.keys.sorted() {
             line += " \(escapeNewlines(key))=\(quoteIfNeeded(metadata[key]!.description))"
@@ -66,10 +67,12 @@ package struct JournaldLogHandler: LogHandler {
     /// Quotes values a reader could not split unambiguously: empty, or containing whitespace,
     /// quotes, `=` or a backslash.
     static func quoteIfNeeded(_ value: String) -> String {
-        let needsQuotes = value.isEmpty || value.unicodeScalars.contains { scalar in
-            scalar.properties.isWhitespace || scalar == "\"" || scalar == "=" || scalar == "\\"
-                || scalar.value < 0x20 || scalar.value == 0x7f
-        }
+        let needsQuotes =
+            value.isEmpty
+            || value.unicodeScalars.contains { scalar in
+                scalar.properties.isWhitespace || scalar == "\"" || scalar == "=" || scalar == "\\"
+                    || scalar.value < 0x20 || scalar.value == 0x7f
+            }
         guard needsQuotes else { return value }
         var out = "\""
         for scalar in value.unicodeScalars {

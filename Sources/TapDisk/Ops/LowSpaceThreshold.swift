@@ -13,9 +13,11 @@ package enum LowSpaceThreshold: Equatable, Sendable {
         guard text.hasSuffix("%") else { return .bytes(try ByteSize.parse(text)) }
         let number = text.dropLast()
         // Only plain decimal notation: Double("inf"), "nan", "1e2" and hex floats are refused.
-        let allowed = number.utf8.allSatisfy { ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: ".") }
+        let allowed = number.utf8.allSatisfy {
+            ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: ".")
+        }
         guard !number.isEmpty, allowed, number.utf8.filter({ $0 == UInt8(ascii: ".") }).count <= 1,
-              let value = Double(number), value.isFinite
+            let value = Double(number), value.isFinite
         else {
             throw ByteSize.ParseError("invalid percentage '\(text)': expected N% with 0 < N <= 100")
         }

@@ -80,8 +80,8 @@ package struct SystemdNotifier: Sendable {
     /// `SD_LISTEN_FDS_START`) and environment.
     package static func activatedSocket(fd: Int32, environment: Environment) -> Int32? {
         guard let pidText = environment("LISTEN_PID"), let pid = Int32(pidText), pid == getpid(),
-              environment("LISTEN_FDS") == "1",
-              clibaio_is_seqpacket_listener(fd) == 1
+            environment("LISTEN_FDS") == "1",
+            clibaio_is_seqpacket_listener(fd) == 1
         else { return nil }
         return fd
     }

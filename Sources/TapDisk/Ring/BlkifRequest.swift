@@ -28,7 +28,8 @@ package enum BlkifRequest {
         withUnsafeMutableBytes(of: &r.seg) { raw in
             let segs = raw.bindMemory(to: clibaio_blkif_segment.self)
             for (i, s) in segments.prefix(RingLayout.maxSegments).enumerated() {
-                segs[i] = clibaio_blkif_segment(gref: s.gref, first_sect: s.firstSector, last_sect: s.lastSector, pad: 0)
+                segs[i] = clibaio_blkif_segment(
+                    gref: s.gref, first_sect: s.firstSector, last_sect: s.lastSector, pad: 0)
             }
         }
         return r
@@ -46,15 +47,20 @@ package enum BlkifRequest {
         make(operation: BlkifOperation.flushDiskCache.rawValue, id: id, sector: sector, segments: segments)
     }
 
-    package static func barrier(id: UInt64, sector: UInt64 = 0, segments: [BlkifSegment] = []) -> clibaio_blkif_request {
+    package static func barrier(id: UInt64, sector: UInt64 = 0, segments: [BlkifSegment] = []) -> clibaio_blkif_request
+    {
         make(operation: BlkifOperation.writeBarrier.rawValue, id: id, sector: sector, segments: segments)
     }
 
     /// DISCARD: `nr_sectors` at offset 24; `secure` sets flag bit 0 (answered EOPNOTSUPP).
-    package static func discard(id: UInt64, sector: UInt64, sectors: UInt64, secure: Bool = false) -> clibaio_blkif_request {
+    package static func discard(id: UInt64, sector: UInt64, sectors: UInt64, secure: Bool = false)
+        -> clibaio_blkif_request
+    {
         var r = make(operation: BlkifOperation.discard.rawValue, id: id, sector: sector)
         r.nr_segments = secure ? 1 : 0
-        withUnsafeMutableBytes(of: &r) { raw in raw.storeBytes(of: sectors.littleEndian, toByteOffset: 24, as: UInt64.self) }
+        withUnsafeMutableBytes(of: &r) { raw in
+            raw.storeBytes(of: sectors.littleEndian, toByteOffset: 24, as: UInt64.self)
+        }
         return r
     }
 }

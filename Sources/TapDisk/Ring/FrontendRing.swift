@@ -85,7 +85,10 @@ package struct FrontendRing {
         var raw = clibaio_blkif_response()
         withUnsafeMutableBytes(of: &raw) { $0.copyMemory(from: UnsafeRawBufferPointer(start: slot, count: 16)) }
         rspCons &+= 1
-        return .response(Response(id: raw.id, operation: raw.operation, status: raw.status, paddingIsZero: raw.pad0 == 0 && raw.pad1 == 0))
+        return .response(
+            Response(
+                id: raw.id, operation: raw.operation, status: raw.status, paddingIsZero: raw.pad0 == 0 && raw.pad1 == 0)
+        )
     }
 
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: arm `rsp_event`, fence, re-check.

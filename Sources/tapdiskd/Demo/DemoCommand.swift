@@ -49,7 +49,9 @@ struct DemoCommand: ParsableCommand {
         let progress = DemoProgress(quiet: json)
         progress.say("tapdiskd demo: Red Hat bug 217859 (2006), scaled down")
         progress.say("  In 2006 a guest wrote 500 MB onto a 1 GB sparse image on a 200 MB host filesystem; every write")
-        progress.say("  \"succeeded\" because tapdisk dropped the AIO errors. Here: a \(imageMiB) MiB sparse image on a \(filesystemMiB) MiB ext4.")
+        progress.say(
+            "  \"succeeded\" because tapdisk dropped the AIO errors. Here: a \(imageMiB) MiB sparse image on a \(filesystemMiB) MiB ext4."
+        )
         let filesystem: DemoFilesystem
         do {
             filesystem = try DemoFilesystem(sizeMiB: filesystemMiB)
@@ -61,24 +63,30 @@ struct DemoCommand: ParsableCommand {
             filesystem.cleanup(keep: keep)
             if keep { progress.say("kept: \(filesystem.directory) (host filesystem image and daemon logs)") }
         }
-        progress.say("  host filesystem: \(filesystem.mountPoint) on \(filesystem.loopDevice ?? "?") (ext4 -m 0, \(filesystem.freeBytes >> 10) KiB free)")
+        progress.say(
+            "  host filesystem: \(filesystem.mountPoint) on \(filesystem.loopDevice ?? "?") (ext4 -m 0, \(filesystem.freeBytes >> 10) KiB free)"
+        )
         var results: [DemoScenario.Result] = []
         do {
             for (index, policy) in ["report", "pause"].enumerated() {
                 progress.say("")
-                progress.say(index == 0
-                    ? "Run 1: tapdiskd --on-nospace report (answer ERROR at once)"
-                    : "Run 2: tapdiskd --on-nospace pause (hold the writes, pause, wait for the operator)")
+                progress.say(
+                    index == 0
+                        ? "Run 1: tapdiskd --on-nospace report (answer ERROR at once)"
+                        : "Run 2: tapdiskd --on-nospace pause (hold the writes, pause, wait for the operator)")
                 var writeMiB: Int? = nil
                 if policy == "pause" {
                     // Another tenant's file fills the host filesystem, leaving less room than the
                     // guest is about to write; the operator will delete it when the disk pauses.
                     writeMiB = min(imageMiB, max(4, filesystemMiB / 2))
                     try filesystem.makeFiller(leavingBytes: UInt64(writeMiB!) << 19)
-                    progress.say("  another tenant's file leaves \(filesystem.freeBytes >> 10) KiB free; the guest writes \(writeMiB!) MiB")
+                    progress.say(
+                        "  another tenant's file leaves \(filesystem.freeBytes >> 10) KiB free; the guest writes \(writeMiB!) MiB"
+                    )
                 }
                 let scenario = DemoScenario(
-                    filesystem: filesystem, policy: policy, imageMiB: imageMiB, writeMiB: writeMiB, queueDepth: queueDepth, progress: progress,
+                    filesystem: filesystem, policy: policy, imageMiB: imageMiB, writeMiB: writeMiB,
+                    queueDepth: queueDepth, progress: progress,
                     runTag: UInt64(index + 1) << 32 | UInt64(getpid()))
                 let result = try scenario.run()
                 results.append(result)
@@ -101,14 +109,20 @@ struct DemoCommand: ParsableCommand {
     }
 
     private func describe(_ r: DemoScenario.Result, _ progress: DemoProgress) {
-        progress.say("  frontend: \(r.writes) writes, \(r.okay) answered OKAY, \(r.error) answered ERROR, \(r.missing) never answered")
+        progress.say(
+            "  frontend: \(r.writes) writes, \(r.okay) answered OKAY, \(r.error) answered ERROR, \(r.missing) never answered"
+        )
         if let e = r.firstIOError {
-            progress.say("  toolstack: io-error event operation=\(e["operation"]?.stringValue ?? "?") errno=\(e["errno"]?.stringValue ?? "?") nospace=\(e["nospace"]?.boolValue == true) action=\(e["action"]?.stringValue ?? "?") sector=\(e["sector"]?.uint64Value ?? 0) (\(r.ioErrorEvents) events after rate limiting)")
+            progress.say(
+                "  toolstack: io-error event operation=\(e["operation"]?.stringValue ?? "?") errno=\(e["errno"]?.stringValue ?? "?") nospace=\(e["nospace"]?.boolValue == true) action=\(e["action"]?.stringValue ?? "?") sector=\(e["sector"]?.uint64Value ?? 0) (\(r.ioErrorEvents) events after rate limiting)"
+            )
         } else {
             progress.say("  toolstack: no io-error event")
         }
         let s = r.statusAfter
-        progress.say("  ctl status: state \(s["state"]?.stringValue ?? "?"), io-status \(s["io-status"]?.stringValue ?? "?"), in-flight \(s["in-flight"]?.int64Value ?? -1), held \(s["held"]?.int64Value ?? -1)")
+        progress.say(
+            "  ctl status: state \(s["state"]?.stringValue ?? "?"), io-status \(s["io-status"]?.stringValue ?? "?"), in-flight \(s["in-flight"]?.int64Value ?? -1), held \(s["held"]?.int64Value ?? -1)"
+        )
         if r.policy == "pause" {
             progress.say("  held then completed after resume: \(r.resubmitted) writes")
         }
@@ -126,13 +140,26 @@ struct Verdict {
     /// The guarantees, each checked on what the frontend itself saw.
     var checks: [(String, Bool)] {
         var c: [(String, Bool)] = []
-        c.append(("every write answered exactly once", results.allSatisfy { $0.missing == 0 && $0.duplicates == 0 && $0.okay + $0.error == $0.writes }))
+        c.append(
+            (
+                "every write answered exactly once",
+                results.allSatisfy { $0.missing == 0 && $0.duplicates == 0 && $0.okay + $0.error == $0.writes }
+            ))
         c.append(("no acknowledged write lost", results.allSatisfy { $0.lost == 0 && $0.verified == $0.okay }))
         c.append(("report: ENOSPC reached the guest as I/O errors", (report?.error ?? 0) > 0))
-        c.append(("report: the toolstack got an io-error event with nospace", report?.firstIOError?["nospace"]?.boolValue == true))
-        c.append(("report: status showed io-status nospace", report?.statusAfter["io-status"]?.stringValue == "nospace"))
+        c.append(
+            (
+                "report: the toolstack got an io-error event with nospace",
+                report?.firstIOError?["nospace"]?.boolValue == true
+            ))
+        c.append(
+            ("report: status showed io-status nospace", report?.statusAfter["io-status"]?.stringValue == "nospace"))
         c.append(("pause: the disk paused for nospace", pause?.pausedReason == "nospace"))
-        c.append(("pause: held writes completed after the operator added space", (pause?.resubmitted ?? 0) > 0 && pause?.resumedAutomatically == true))
+        c.append(
+            (
+                "pause: held writes completed after the operator added space",
+                (pause?.resubmitted ?? 0) > 0 && pause?.resumedAutomatically == true
+            ))
         c.append(("pause: every write landed", pause.map { $0.error == 0 && $0.okay == $0.writes } ?? false))
         c.append(("daemons exited 0 after SIGTERM", results.allSatisfy { $0.daemonExit == 0 }))
         return c
@@ -147,17 +174,21 @@ struct Verdict {
     var json: JSONObject {
         var runs = JSONObject()
         for r in results {
-            runs.set(r.policy, .object([
-                "writes": .integer(r.writes), "okay": .integer(r.okay), "error": .integer(r.error),
-                "missing": .integer(r.missing), "duplicates": .integer(r.duplicates),
-                "acknowledged-verified": .integer(r.verified), "acknowledged-intact": .integer(r.intact), "acknowledged-lost": .integer(r.lost),
-                "io-error-events": .integer(r.ioErrorEvents), "first-io-error": r.firstIOError.map { .object($0) } ?? .null,
-                "paused-reason": r.pausedReason.map { .string($0) } ?? .null,
-                "resumed-automatically": .bool(r.resumedAutomatically), "held-then-completed": .uint(r.resubmitted),
-                "operator-freed-space": .bool(r.operatorFreedSpace),
-                "status": .object(r.statusAfter), "counters": .object(r.countersAfter),
-                "seconds": .double((r.seconds * 1000).rounded() / 1000), "daemon-exit": .integer(r.daemonExit),
-            ]))
+            runs.set(
+                r.policy,
+                .object([
+                    "writes": .integer(r.writes), "okay": .integer(r.okay), "error": .integer(r.error),
+                    "missing": .integer(r.missing), "duplicates": .integer(r.duplicates),
+                    "acknowledged-verified": .integer(r.verified), "acknowledged-intact": .integer(r.intact),
+                    "acknowledged-lost": .integer(r.lost),
+                    "io-error-events": .integer(r.ioErrorEvents),
+                    "first-io-error": r.firstIOError.map { .object($0) } ?? .null,
+                    "paused-reason": r.pausedReason.map { .string($0) } ?? .null,
+                    "resumed-automatically": .bool(r.resumedAutomatically), "held-then-completed": .uint(r.resubmitted),
+                    "operator-freed-space": .bool(r.operatorFreedSpace),
+                    "status": .object(r.statusAfter), "counters": .object(r.countersAfter),
+                    "seconds": .double((r.seconds * 1000).rounded() / 1000), "daemon-exit": .integer(r.daemonExit),
+                ]))
         }
         var checksObject = JSONObject()
         for (name, ok) in checks { checksObject.set(name, .bool(ok)) }

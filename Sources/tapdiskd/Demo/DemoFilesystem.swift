@@ -21,7 +21,9 @@ final class DemoFilesystem {
         mountPoint = directory + "/mnt"
         mkdir(mountPoint, 0o755)
         try Subprocess.run(["truncate", "-s", "\(sizeMiB)M", backingFile])
-        try Subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", backingFile])
+        try Subprocess.run([
+            "mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", backingFile,
+        ])
         loopDevice = try Subprocess.output(["losetup", "--find", "--show", backingFile])
         try mount()
     }

@@ -21,7 +21,8 @@ final class DemoProgress {
         let answered = result.okay + result.error
         let mibWritten = Double(answered) * Double(DemoScenario.requestBytes) / 1_048_576
         let rate = seconds > 0 ? mibWritten / seconds : 0
-        let line = "  answered \(answered)/\(totalWrites) writes (\(format(mibWritten)) MiB)  OKAY \(result.okay)  ERROR \(result.error)  \(format(rate)) MiB/s"
+        let line =
+            "  answered \(answered)/\(totalWrites) writes (\(format(mibWritten)) MiB)  OKAY \(result.okay)  ERROR \(result.error)  \(format(rate)) MiB/s"
         if isTerminal {
             print("\r\(line)\u{1B}[K", terminator: "")
             lineOpen = true

@@ -64,7 +64,10 @@ struct DemoScenario {
             throw Failure(description: error.message)
         }
         let daemon = try Subprocess.spawn(
-            [Self.selfExecutable, "--image", imagePath, "--socket", socketPath, "--on-nospace", policy, "--pause-timeout", "0", "--log-level", "notice"],
+            [
+                Self.selfExecutable, "--image", imagePath, "--socket", socketPath, "--on-nospace", policy,
+                "--pause-timeout", "0", "--log-level", "notice",
+            ],
             logPath: logPath)
         var daemonRunning = true
         defer {
@@ -100,7 +103,9 @@ struct DemoScenario {
         for _ in 0..<500 {
             if demoInterrupted.load(ordering: .relaxed) { throw Failure(description: "interrupted") }
             if let c = try? ControlClient(socketPath: socket) { return c }
-            if Subprocess.wait(daemon, timeoutSeconds: 0) != nil { throw Failure(description: "tapdiskd exited at startup") }
+            if Subprocess.wait(daemon, timeoutSeconds: 0) != nil {
+                throw Failure(description: "tapdiskd exited at startup")
+            }
             usleep(20_000)
         }
         throw Failure(description: "tapdiskd did not start listening on \(socket)")
@@ -171,17 +176,25 @@ struct DemoScenario {
             if outcome == .violation { throw Failure(description: "the daemon published more responses than requests") }
             while let event = try toolstack.nextEvent(timeoutMilliseconds: 0) {
                 note(event, &result)
-                if policy == "pause", event["event"]?.stringValue == "state-changed", event["state"]?.stringValue == "paused", !waitedForOperator {
+                if policy == "pause", event["event"]?.stringValue == "state-changed",
+                    event["state"]?.stringValue == "paused", !waitedForOperator
+                {
                     waitedForOperator = true
                     progress.finishLine()
-                    progress.say("  the disk paused (reason \(event["reason"]?.stringValue ?? "?")): writes are held, nothing is answered yet")
+                    progress.say(
+                        "  the disk paused (reason \(event["reason"]?.stringValue ?? "?")): writes are held, nothing is answered yet"
+                    )
                     let status = try toolstack.call("status")
-                    progress.say("  ctl status: state \(status["state"]?.stringValue ?? "?"), io-status \(status["io-status"]?.stringValue ?? "?"), held \(status["held"]?.int64Value ?? 0)")
+                    progress.say(
+                        "  ctl status: state \(status["state"]?.stringValue ?? "?"), io-status \(status["io-status"]?.stringValue ?? "?"), held \(status["held"]?.int64Value ?? 0)"
+                    )
                     progress.say("  operator: deleting the other tenant's file that filled the host filesystem")
                     filesystem.removeFiller()
                     result.operatorFreedSpace = true
                 }
-                if policy == "pause", waitedForOperator, event["event"]?.stringValue == "state-changed", event["state"]?.stringValue == "running" {
+                if policy == "pause", waitedForOperator, event["event"]?.stringValue == "state-changed",
+                    event["state"]?.stringValue == "running"
+                {
                     result.resumedAutomatically = true
                     progress.say("  the daemon saw the free space and resumed by itself; held writes were resubmitted")
                 }

@@ -23,7 +23,9 @@ import Testing
     static let badAttaches: [BadAttach] = [
         BadAttach(description: "no fds") { _ in ([], []) },
         BadAttach(description: "two fds") { f in ([f.memory.rawValue, f.kick.rawValue], []) },
-        BadAttach(description: "four fds") { f in ([f.memory.rawValue, f.kick.rawValue, f.notify.rawValue, f.kick.rawValue], []) },
+        BadAttach(description: "four fds") { f in
+            ([f.memory.rawValue, f.kick.rawValue, f.notify.rawValue, f.kick.rawValue], [])
+        },
         BadAttach(description: "eight fds") { f in
             (Array(repeating: [f.memory.rawValue, f.kick.rawValue], count: 4).flatMap { $0 }, [])
         },
@@ -44,7 +46,8 @@ import Testing
             return ([m.fd, f.kick.rawValue, f.notify.rawValue], [m])
         },
         BadAttach(description: "memfd with F_SEAL_FUTURE_WRITE") { f in
-            let m = try Holder(DaemonTest.memfd(bytes: ringBytes, seals: clibaio_F_SEAL_SHRINK | clibaio_F_SEAL_FUTURE_WRITE))
+            let m = try Holder(
+                DaemonTest.memfd(bytes: ringBytes, seals: clibaio_F_SEAL_SHRINK | clibaio_F_SEAL_FUTURE_WRITE))
             return ([m.fd, f.kick.rawValue, f.notify.rawValue], [m])
         },
         BadAttach(description: "memfd one page too small") { f in
@@ -85,12 +88,18 @@ import Testing
             return ([f.memory.rawValue, f.kick.rawValue, e.fd], [e])
         },
         BadAttach(description: "ring-page-order above the maximum", order: 5) { f in
-            let m = try Holder(DaemonTest.memfd(bytes: RingLayout.sharedBytes(pageOrder: 5, dataPages: 16), seals: clibaio_F_SEAL_SHRINK))
+            let m = try Holder(
+                DaemonTest.memfd(
+                    bytes: RingLayout.sharedBytes(pageOrder: 5, dataPages: 16), seals: clibaio_F_SEAL_SHRINK))
             return ([m.fd, f.kick.rawValue, f.notify.rawValue], [m])
         },
-        BadAttach(description: "data-pages 0", dataPages: 0) { f in ([f.memory.rawValue, f.kick.rawValue, f.notify.rawValue], []) },
+        BadAttach(description: "data-pages 0", dataPages: 0) { f in
+            ([f.memory.rawValue, f.kick.rawValue, f.notify.rawValue], [])
+        },
         BadAttach(description: "data-pages 262145", dataPages: 262_145) { f in
-            let m = try Holder(DaemonTest.memfd(bytes: RingLayout.sharedBytes(pageOrder: 0, dataPages: 262_145), seals: clibaio_F_SEAL_SHRINK))
+            let m = try Holder(
+                DaemonTest.memfd(
+                    bytes: RingLayout.sharedBytes(pageOrder: 0, dataPages: 262_145), seals: clibaio_F_SEAL_SHRINK))
             return ([m.fd, f.kick.rawValue, f.notify.rawValue], [m])
         },
         BadAttach(description: "memfd smaller than data-pages need", dataPages: 17) { f in
@@ -120,7 +129,9 @@ import Testing
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         let (fds, keep) = try bad.make(f)
         let reply = try DaemonTest.raw(
-            client, DaemonTest.attachText(order: "\(bad.order)", dataPages: "\(bad.dataPages)", extra: bad.extra + #","tag":"t""#), fds: fds)
+            client,
+            DaemonTest.attachText(
+                order: "\(bad.order)", dataPages: "\(bad.dataPages)", extra: bad.extra + #","tag":"t""#), fds: fds)
         withExtendedLifetime(keep) {}
         #expect(DaemonTest.code(reply) == "invalid-argument", "\(bad): \(reply)")
         #expect(DaemonTest.isWellFormedError(reply) && reply["tag"] == .string("t"))
@@ -139,8 +150,12 @@ import Testing
         let daemon = try DaemonProcess(image: image)
         defer { daemon.forceStop() }
         let client = try daemon.client()
-        func attachAndDetach(order: Int, dataPages: Int, memfd: Int32, kick: Int32, notify: Int32, extra: String = "") throws -> JSONObject {
-            let reply = try DaemonTest.raw(client, DaemonTest.attachText(order: "\(order)", dataPages: "\(dataPages)", extra: extra), fds: [memfd, kick, notify])
+        func attachAndDetach(order: Int, dataPages: Int, memfd: Int32, kick: Int32, notify: Int32, extra: String = "")
+            throws -> JSONObject
+        {
+            let reply = try DaemonTest.raw(
+                client, DaemonTest.attachText(order: "\(order)", dataPages: "\(dataPages)", extra: extra),
+                fds: [memfd, kick, notify])
             if reply["ok"] == .bool(true) { try client.call("detach") }
             return reply
         }
@@ -149,30 +164,40 @@ import Testing
         for order in 0...4 {
             let bytes = RingLayout.sharedBytes(pageOrder: order, dataPages: 1)
             let m = try DaemonTest.memfd(bytes: bytes, seals: clibaio_F_SEAL_SHRINK)
-            let r = try attachAndDetach(order: order, dataPages: 1, memfd: m.rawValue, kick: k.rawValue, notify: n.rawValue)
+            let r = try attachAndDetach(
+                order: order, dataPages: 1, memfd: m.rawValue, kick: k.rawValue, notify: n.rawValue)
             #expect(r["ring-entries"]?.uint64Value == [32, 64, 128, 256, 512][order], "order \(order)")
             #expect(r["state"] == .string("running"))
         }
         let big = try DaemonTest.memfd(
-            bytes: RingLayout.sharedBytes(pageOrder: 0, dataPages: 262_144), seals: clibaio_F_SEAL_SHRINK | clibaio_F_SEAL_GROW | clibaio_F_SEAL_SEAL)
-        let r1 = try attachAndDetach(order: 0, dataPages: 262_144, memfd: big.rawValue, kick: k.rawValue, notify: n.rawValue, extra: #","protocol":"x86_64-abi""#)
+            bytes: RingLayout.sharedBytes(pageOrder: 0, dataPages: 262_144),
+            seals: clibaio_F_SEAL_SHRINK | clibaio_F_SEAL_GROW | clibaio_F_SEAL_SEAL)
+        let r1 = try attachAndDetach(
+            order: 0, dataPages: 262_144, memfd: big.rawValue, kick: k.rawValue, notify: n.rawValue,
+            extra: #","protocol":"x86_64-abi""#)
         #expect(r1["ok"] == .bool(true), "\(r1)")
         let larger = try DaemonTest.memfd(bytes: 1 << 20, seals: clibaio_F_SEAL_SHRINK)
-        let r2 = try attachAndDetach(order: 1, dataPages: 4, memfd: larger.rawValue, kick: k.rawValue, notify: n.rawValue)
+        let r2 = try attachAndDetach(
+            order: 1, dataPages: 4, memfd: larger.rawValue, kick: k.rawValue, notify: n.rawValue)
         #expect(r2["ok"] == .bool(true), "\(r2)")
         // req_prod - rsp_prod == ring-entries is legal (a full ring published before attach).
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16, startIndex: 0xFFFF_FFF0)
-        for i in 0..<32 { f.enqueue(BlkifRequest.read(id: UInt64(i), sector: UInt64(i) * 8, segments: [BlkifSegment(gref: UInt32(i % 16))])) }
+        for i in 0..<32 {
+            f.enqueue(
+                BlkifRequest.read(id: UInt64(i), sector: UInt64(i) * 8, segments: [BlkifSegment(gref: UInt32(i % 16))]))
+        }
         var ring = f.ring
         _ = ring.pushRequests()
-        let r3 = try DaemonTest.raw(client, DaemonTest.attachText(), fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
+        let r3 = try DaemonTest.raw(
+            client, DaemonTest.attachText(), fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
         #expect(r3["ok"] == .bool(true), "\(r3)")
         // Served without a kick.
         var got = 0
-        #expect(DaemonTest.waitUntil(seconds: 10) {
-            _ = f.reap { r in if r.status == 0 { got += 1 } }
-            return got == 32
-        })
+        #expect(
+            DaemonTest.waitUntil(seconds: 10) {
+                _ = f.reap { r in if r.status == 0 { got += 1 } }
+                return got == 32
+            })
         try client.call("detach")
         try DaemonTest.expectInvariant(client)
     }
@@ -187,10 +212,14 @@ import Testing
         let other = try daemon.client()
         let f = try BlockFrontend(pageOrder: 2, dataPages: 64)
         for round in UInt64(0)..<3 {
-            let r = try other.request("attach", DaemonTest.attachArguments(order: 2, dataPages: 64), fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
+            let r = try other.request(
+                "attach", DaemonTest.attachArguments(order: 2, dataPages: 64),
+                fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
             #expect(DaemonTest.code(r) == "busy")
             // The owner asking again is busy too.
-            let again = try first.control.request("attach", DaemonTest.attachArguments(order: 2, dataPages: 64), fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
+            let again = try first.control.request(
+                "attach", DaemonTest.attachArguments(order: 2, dataPages: 64),
+                fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
             #expect(DaemonTest.code(again) == "busy")
             #expect(first.roundTrip(sector: 16, seed: 2 + round))
         }
@@ -238,7 +267,9 @@ import Testing
         let baseline = DaemonTest.fdCount(pid: daemon.pid)
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         for count in [9, 16, 64, 250] {
-            let fds = [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue] + Array(repeating: f.kick.rawValue, count: count - 3)
+            let fds =
+                [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue]
+                + Array(repeating: f.kick.rawValue, count: count - 3)
             try DaemonTest.sendManyFDs(client, DaemonTest.attachText(extra: #","tag":\#(count)"#), fds: fds)
             let reply = try client.receiveReply(timeoutMilliseconds: 5000)
             #expect(DaemonTest.code(reply) == "invalid-argument", "\(count) fds")
@@ -270,12 +301,18 @@ import Testing
         for round in 0..<4 {
             for bad in Self.badAttaches {
                 let (fds, keep) = try bad.make(f)
-                let r = try DaemonTest.raw(client, DaemonTest.attachText(order: "\(bad.order)", dataPages: "\(bad.dataPages)", extra: bad.extra), fds: fds)
+                let r = try DaemonTest.raw(
+                    client,
+                    DaemonTest.attachText(order: "\(bad.order)", dataPages: "\(bad.dataPages)", extra: bad.extra),
+                    fds: fds)
                 withExtendedLifetime(keep) {}
                 #expect(DaemonTest.code(r) == "invalid-argument", "\(bad) round \(round)")
             }
             f.ringBase.storeBytes(of: UInt32(0), toByteOffset: RingLayout.reqProdOffset, as: UInt32.self)
-            for text in [#"{"cmd":"info"}"#, #"{"cmd":"status"}"#, #"{"cmd":"nope"}"#, "garbage", "", #"{"cmd":"detach"}"#, #"{"cmd":"subscribe"}"#] {
+            for text in [
+                #"{"cmd":"info"}"#, #"{"cmd":"status"}"#, #"{"cmd":"nope"}"#, "garbage", "", #"{"cmd":"detach"}"#,
+                #"{"cmd":"subscribe"}"#,
+            ] {
                 _ = try DaemonTest.raw(client, text, fds: three)
             }
             _ = try DaemonTest.raw(client, DaemonTest.attachText(order: "1.5"), fds: three)

@@ -104,7 +104,8 @@ import Testing
         let statLines = Set(stats.stdout.split(separator: "\n").map(String.init))
         #expect(statLines.contains("counters.write-requests: 1") && statLines.contains("counters.read-requests: 1"))
         #expect(statLines.contains("counters.responses-okay: 2") && statLines.contains("counters.in-flight: 0"))
-        let statsJSON = try JSONParser.parse(try ctl("stats", "--json").stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        let statsJSON = try JSONParser.parse(
+            try ctl("stats", "--json").stdout.trimmingCharacters(in: .whitespacesAndNewlines))
         for name in DaemonTest.counterNames {
             #expect(statsJSON["counters"]?[name]?.numberValue?.isInteger == true, "\(name)")
         }
@@ -114,7 +115,9 @@ import Testing
         #expect(try daemon.client().call("status")["reason"] == .string("operator"))
         let pauseAgain = try ctl("pause", "--json")
         #expect(pauseAgain.status == 0)
-        #expect(try JSONParser.parse(pauseAgain.stdout.trimmingCharacters(in: .whitespacesAndNewlines))["ok"] == .bool(true))
+        #expect(
+            try JSONParser.parse(pauseAgain.stdout.trimmingCharacters(in: .whitespacesAndNewlines))["ok"] == .bool(true)
+        )
 
         let resume = try ctl("resume")
         #expect(resume.status == 0)
@@ -172,17 +175,20 @@ import Testing
         // block SIGTERM, which spawned children inherit, so `ctl` is stopped with SIGKILL).
         let fd = out.fileHandleForReading.fileDescriptor
         var bytes: [UInt8] = []
-        #expect(DaemonTest.waitUntil(seconds: 10) {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&p, 1, 0) > 0 {
-                var chunk = [UInt8](repeating: 0, count: 4096)
-                let n = read(fd, &chunk, 4096)
-                if n > 0 { bytes += chunk[0..<n] }
-            }
-            return bytes.filter { $0 == 10 }.count >= 5
-        })
+        #expect(
+            DaemonTest.waitUntil(seconds: 10) {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&p, 1, 0) > 0 {
+                    var chunk = [UInt8](repeating: 0, count: 4096)
+                    let n = read(fd, &chunk, 4096)
+                    if n > 0 { bytes += chunk[0..<n] }
+                }
+                return bytes.filter { $0 == 10 }.count >= 5
+            })
         let text = String(decoding: bytes, as: UTF8.self)
-        let states = try text.split(separator: "\n").map { try JSONParser.parse(String($0)) }.map { $0["state"]?.stringValue ?? "?" }
+        let states = try text.split(separator: "\n").map { try JSONParser.parse(String($0)) }.map {
+            $0["state"]?.stringValue ?? "?"
+        }
         #expect(states == ["running", "paused", "running", "closing", "idle"], "\(text)")
     }
 

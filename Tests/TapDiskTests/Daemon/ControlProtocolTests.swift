@@ -156,7 +156,8 @@ import Testing
     func blockDeviceImageHasNullImageSpace() throws {
         let file = try DaemonTest.image(bytes: 8 << 20)
         defer { unlink(file) }
-        let device = try Shell.check(["losetup", "--find", "--show", file]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let device = try Shell.check(["losetup", "--find", "--show", file]).trimmingCharacters(
+            in: .whitespacesAndNewlines)
         defer { _ = try? Shell.run(["losetup", "-d", device]) }
         let daemon = try DaemonProcess(image: device)
         defer { daemon.forceStop() }
@@ -167,7 +168,9 @@ import Testing
         #expect(info["image"] == .string(device))
         let features = try #require(info["features"]?.objectValue)
         let discard = try #require(features["discard"]?.boolValue)
-        #expect(discard ? features["discard-granularity"]!.uint64Value! > 0 : features["discard-granularity"]?.uint64Value == 0)
+        #expect(
+            discard
+                ? features["discard-granularity"]!.uint64Value! > 0 : features["discard-granularity"]?.uint64Value == 0)
         let space = try #require(try client.call("status")["image-space"]?.objectValue)
         for key in ["apparent-bytes", "allocated-bytes", "fs-free-bytes", "overcommit-bytes"] {
             #expect(space[key] == .null, "\(key) is null for a block device")
@@ -264,7 +267,8 @@ import Testing
             #expect(DaemonTest.isWellFormedError(reply), "\(text)")
         }
         // Not UTF-8.
-        let invalid = try DaemonTest.raw(client, Array("{\"cmd\":\"info\",\"x\":\"".utf8) + [0xFF, 0xFE] + Array("\"}".utf8))
+        let invalid = try DaemonTest.raw(
+            client, Array("{\"cmd\":\"info\",\"x\":\"".utf8) + [0xFF, 0xFE] + Array("\"}".utf8))
         #expect(DaemonTest.code(invalid) == "bad-request")
         // Unknown extra keys are ignored.
         let extra = try DaemonTest.raw(client, #"{"cmd":"info","whatever":[1,{"a":null}],"tag":3}"#)
@@ -318,7 +322,9 @@ import Testing
         // Its prefix would be a valid request if truncated and the rest ignored.
         var prefixValid = Array(#"{"cmd":"info","tag":10}"#.utf8)
         prefixValid += [UInt8](repeating: 0x20, count: 65536 - prefixValid.count)
-        #expect(try DaemonTest.raw(client, prefixValid)["ok"] == .bool(true), "trailing whitespace inside the limit is fine")
+        #expect(
+            try DaemonTest.raw(client, prefixValid)["ok"] == .bool(true), "trailing whitespace inside the limit is fine"
+        )
         prefixValid.append(0x20)
         #expect(DaemonTest.code(try DaemonTest.raw(client, prefixValid)) == "bad-request")
         #expect(try client.call("info")["ok"] == .bool(true))
@@ -357,17 +363,27 @@ import Testing
         let client = try daemon.client()
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         let fds = [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue]
-        let mistyped = ["1.0", "0.0", "1e2", "0e0", "1E0", "-0.0", "\"1\"", "\"0\"", "true", "false", "null", "[0]", "{}"]
+        let mistyped = [
+            "1.0", "0.0", "1e2", "0e0", "1E0", "-0.0", "\"1\"", "\"0\"", "true", "false", "null", "[0]", "{}",
+        ]
         for token in mistyped {
             let a = try DaemonTest.raw(client, DaemonTest.attachText(order: token), fds: fds)
             #expect(DaemonTest.code(a) == "bad-request", "ring-page-order \(token)")
             let b = try DaemonTest.raw(client, DaemonTest.attachText(dataPages: token), fds: fds)
             #expect(DaemonTest.code(b) == "bad-request", "data-pages \(token)")
         }
-        #expect(DaemonTest.code(try DaemonTest.raw(client, #"{"cmd":"attach","data-pages":16}"#, fds: fds)) == "bad-request")
-        #expect(DaemonTest.code(try DaemonTest.raw(client, #"{"cmd":"attach","ring-page-order":0}"#, fds: fds)) == "bad-request")
-        #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(extra: #","protocol":1"#), fds: fds)) == "bad-request")
-        #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(extra: #","protocol":null"#), fds: fds)) == "bad-request")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, #"{"cmd":"attach","data-pages":16}"#, fds: fds)) == "bad-request"
+        )
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, #"{"cmd":"attach","ring-page-order":0}"#, fds: fds))
+                == "bad-request")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(extra: #","protocol":1"#), fds: fds))
+                == "bad-request")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(extra: #","protocol":null"#), fds: fds))
+                == "bad-request")
         let outOfRange: [(String, String)] = [
             ("-1", "16"), ("5", "16"), ("9", "16"), ("18446744073709551616", "16"), ("-99999999999999999999", "16"),
             ("0", "0"), ("0", "-1"), ("0", "262145"), ("0", "18446744073709551617"), ("0", "4294967312"),
@@ -408,20 +424,28 @@ import Testing
         defer { daemon.forceStop() }
         let client = try daemon.client()
         // Nothing attached: bad-request beats invalid-argument (no fds, bad value, bad type).
-        #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(order: "\"x\"", dataPages: "0"))) == "bad-request")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(order: "\"x\"", dataPages: "0")))
+                == "bad-request")
         #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(order: "99"))) == "invalid-argument")
 
         let driver = try DiskDriver(socketPath: daemon.socketPath)
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         let good = [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue]
         // Attached: bad-request beats busy; busy beats invalid-argument.
-        #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(order: "1.0"), fds: good)) == "bad-request")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(order: "1.0"), fds: good)) == "bad-request"
+        )
         #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(dataPages: "true"))) == "bad-request")
         #expect(DaemonTest.code(try DaemonTest.raw(client, #"{"cmd":"attach","tag":[1]}"#)) == "bad-request")
         #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(), fds: good)) == "busy")
-        #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText())) == "busy", "busy before the fd count")
-        #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(order: "99", dataPages: "0"))) == "busy")
-        #expect(DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(extra: #","protocol":"sparc""#))) == "busy")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText())) == "busy", "busy before the fd count")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(order: "99", dataPages: "0"))) == "busy")
+        #expect(
+            DaemonTest.code(try DaemonTest.raw(client, DaemonTest.attachText(extra: #","protocol":"sparc""#))) == "busy"
+        )
         // The attached frontend is undisturbed.
         #expect(driver.roundTrip(sector: 8, seed: 2))
         try DaemonTest.expectInvariant(client)
@@ -442,11 +466,14 @@ import Testing
         try driver.control.call("resume")
         _ = try driver.disk.detach()
         let events = try DaemonTest.drainEvents(watcher)
-        let seen = events.map { "\($0["event"]?.stringValue ?? "?"):\($0["state"]?.stringValue ?? "?"):\($0["reason"].map { $0.stringValue ?? "null" } ?? "absent")" }
-        #expect(seen == [
-            "state-changed:running:null", "state-changed:paused:operator", "state-changed:running:null",
-            "state-changed:closing:null", "state-changed:idle:null",
-        ])
+        let seen = events.map {
+            "\($0["event"]?.stringValue ?? "?"):\($0["state"]?.stringValue ?? "?"):\($0["reason"].map { $0.stringValue ?? "null" } ?? "absent")"
+        }
+        #expect(
+            seen == [
+                "state-changed:running:null", "state-changed:paused:operator", "state-changed:running:null",
+                "state-changed:closing:null", "state-changed:idle:null",
+            ])
         #expect(events.allSatisfy { $0["ok"] == nil && $0["tag"] == nil && $0["dropped"] == nil })
         // A connection that did not subscribe gets no events.
         #expect(driver.control.drainQueuedEvents().isEmpty)
@@ -480,7 +507,9 @@ import Testing
         let dropped = received.compactMap { $0["dropped"]?.uint64Value }.reduce(0, +)
         #expect(dropped > 0)
         // Emitted: running (attach), 2 per cycle, and the trigger.
-        #expect(UInt64(received.count) + dropped == UInt64(2 * cycles + 2), "received \(received.count) + dropped \(dropped)")
+        #expect(
+            UInt64(received.count) + dropped == UInt64(2 * cycles + 2),
+            "received \(received.count) + dropped \(dropped)")
         #expect(received.last?["state"] == .string("paused"))
         #expect(received.allSatisfy { $0["dropped"] == nil || $0["dropped"]!.uint64Value! > 0 })
     }

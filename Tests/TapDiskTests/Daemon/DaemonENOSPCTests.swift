@@ -39,10 +39,14 @@ struct DaemonENOSPCTests {
             do {
                 watcher = try daemon.client()
                 try watcher.call("subscribe")
-                driver = try DiskDriver(socketPath: daemon.socketPath, pageOrder: 4, dataPages: DaemonENOSPCTests.writes * DaemonENOSPCTests.pagesPerWrite)
+                driver = try DiskDriver(
+                    socketPath: daemon.socketPath, pageOrder: 4,
+                    dataPages: DaemonENOSPCTests.writes * DaemonENOSPCTests.pagesPerWrite)
                 // The attach's own state-changed (running).
                 let attached = try DaemonTest.nextEvent(watcher, named: "state-changed")
-                guard attached?["state"] == .string("running") else { throw DaemonProcess.Failure("no running event: \(String(describing: attached))") }
+                guard attached?["state"] == .string("running") else {
+                    throw DaemonProcess.Failure("no running event: \(String(describing: attached))")
+                }
             } catch {
                 daemon.forceStop()
                 fs.cleanup()
@@ -87,8 +91,12 @@ struct DaemonENOSPCTests {
             for i in ids(withStatus: 0) {
                 #expect(pread(fd, &buf, bytes, off_t(Self.sector(i) * 512)) == bytes, sourceLocation: sourceLocation)
                 var expected = [UInt8]()
-                for p in 0..<DaemonENOSPCTests.pagesPerWrite { expected += Pattern.bytes(count: 4096, seed: Self.seed(i) &+ UInt64(p)) }
-                #expect(buf == expected, "write \(i) was answered OKAY but its data is not on disk", sourceLocation: sourceLocation)
+                for p in 0..<DaemonENOSPCTests.pagesPerWrite {
+                    expected += Pattern.bytes(count: 4096, seed: Self.seed(i) &+ UInt64(p))
+                }
+                #expect(
+                    buf == expected, "write \(i) was answered OKAY but its data is not on disk",
+                    sourceLocation: sourceLocation)
             }
         }
 
@@ -102,20 +110,22 @@ struct DaemonENOSPCTests {
             let now = MonotonicClock.nanoseconds()
             if now < settle { usleep(UInt32((settle - now) / 1000)) }
             var last = JSONObject()
-            #expect(try DaemonTest.waitUntil(seconds: 20) {
-                last = try watcher.call("status")
-                return last["in-flight"]?.int64Value == 0 && last["state"] == .string("paused")
-            })
+            #expect(
+                try DaemonTest.waitUntil(seconds: 20) {
+                    last = try watcher.call("status")
+                    return last["in-flight"]?.int64Value == 0 && last["state"] == .string("paused")
+                })
             return last
         }
 
         /// Waits until nothing is in flight (held requests stay).
         func waitQuiescent() throws -> JSONObject {
             var last = JSONObject()
-            #expect(try DaemonTest.waitUntil(seconds: 20) {
-                last = try watcher.call("status")
-                return last["in-flight"]?.int64Value == 0
-            })
+            #expect(
+                try DaemonTest.waitUntil(seconds: 20) {
+                    last = try watcher.call("status")
+                    return last["in-flight"]?.int64Value == 0
+                })
             return last
         }
     }
@@ -128,7 +138,9 @@ struct DaemonENOSPCTests {
         #expect(e?["action"] == .string(action))
         #expect(e?["suppressed"]?.numberValue?.isInteger == true)
         let sector = e?["sector"]?.uint64Value
-        #expect(sector != nil && sector! % DaemonENOSPCTests.sectorsPerWrite == 0 && sector! < Rig.sector(DaemonENOSPCTests.writes))
+        #expect(
+            sector != nil && sector! % DaemonENOSPCTests.sectorsPerWrite == 0
+                && sector! < Rig.sector(DaemonENOSPCTests.writes))
         if let failedSectors, let sector { #expect(failedSectors.contains(sector)) }
     }
 
@@ -140,7 +152,9 @@ struct DaemonENOSPCTests {
         let allocated = try #require(space["allocated-bytes"]?.uint64Value)
         let free = try #require(space["fs-free-bytes"]?.uint64Value)
         #expect(apparent == 64 << 20)
-        #expect(space["overcommit-bytes"]?.uint64Value == apparent - allocated - free, "64 MiB sparse on a nearly full 16 MiB filesystem")
+        #expect(
+            space["overcommit-bytes"]?.uint64Value == apparent - allocated - free,
+            "64 MiB sparse on a nearly full 16 MiB filesystem")
 
         rig.publishAllWrites()
         #expect(rig.driver.wait(forResponses: Self.writes, seconds: 30))
@@ -160,7 +174,9 @@ struct DaemonENOSPCTests {
         #expect(c["responses-error"] == UInt64(failed.count) && c["responses-okay"] == UInt64(okay.count))
         #expect(c["write-bytes"] == UInt64(okay.count * Self.pagesPerWrite * 4096))
         // No pause under `report`.
-        let states = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 100).filter { $0["event"] == .string("state-changed") }
+        let states = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 100).filter {
+            $0["event"] == .string("state-changed")
+        }
         #expect(states.isEmpty)
         try rig.verifyOkayWritesAfterRemount()
     }
@@ -175,7 +191,9 @@ struct DaemonENOSPCTests {
         let ioError = skipped.first { $0["event"] == .string("io-error") }
         Self.expectNospaceEvent(ioError, action: "pause")
         let s = try rig.waitSettledPause(pausedAt: MonotonicClock.nanoseconds())
-        #expect(s["state"] == .string("paused") && s["reason"] == .string("nospace") && s["io-status"] == .string("nospace"))
+        #expect(
+            s["state"] == .string("paused") && s["reason"] == .string("nospace") && s["io-status"] == .string("nospace")
+        )
         let held = try #require(s["held"]?.int64Value)
         #expect(held > 0)
         let before = try DaemonTest.expectInvariant(rig.watcher)
@@ -187,7 +205,9 @@ struct DaemonENOSPCTests {
         _ = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 20)  // the pause so far
         #expect(rig.driver.responsesDuring(milliseconds: 600) == 0, "held writes stay held without new space")
         let meanwhile = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 50)
-        #expect(meanwhile.allSatisfy { $0["event"] != .string("state-changed") }, "no auto-resume without new space: \(meanwhile)")
+        #expect(
+            meanwhile.allSatisfy { $0["event"] != .string("state-changed") },
+            "no auto-resume without new space: \(meanwhile)")
         #expect(try rig.watcher.call("status")["state"] == .string("paused"))
 
         rig.fs.removeFiller()
@@ -220,7 +240,9 @@ struct DaemonENOSPCTests {
         #expect(rig.driver.responseCount == Self.writes)
         // The pause that ended in the timeout: the last paused → running pair.
         let lastRunning = try #require(changes.lastIndex { $0.state == "running" })
-        #expect(lastRunning > 0 && changes[lastRunning - 1].state == "paused" && changes[lastRunning - 1].reason == .string("nospace"))
+        #expect(
+            lastRunning > 0 && changes[lastRunning - 1].state == "paused"
+                && changes[lastRunning - 1].reason == .string("nospace"))
         let elapsed = Double(changes[lastRunning].at - changes[lastRunning - 1].at) / 1e9
         #expect(elapsed > 1.4 && elapsed < 4, "timeout after \(elapsed) s: \(changes.map(\.state))")
         let failed = rig.ids(withStatus: -1)

@@ -18,7 +18,9 @@ import Testing
         let toolstack = try daemon.client()
         do {
             let a = try DiskDriver(socketPath: daemon.socketPath)
-            for i in 0..<4 { a.enqueueWrite(id: UInt64(i), sector: UInt64(i) * 8, gref: UInt32(i), seed: 100 + UInt64(i)) }
+            for i in 0..<4 {
+                a.enqueueWrite(id: UInt64(i), sector: UInt64(i) * 8, gref: UInt32(i), seed: 100 + UInt64(i))
+            }
             a.push()
             #expect(a.wait(forResponses: 4))
             #expect((0..<4).allSatisfy { a.status(UInt64($0)) == 0 })
@@ -35,14 +37,20 @@ import Testing
         // A new frontend whose ring indices wrap around 2^32 reads what the first one wrote.
         let f = try BlockFrontend(pageOrder: 0, dataPages: 8, startIndex: 0xFFFF_FFFE)
         let c = try daemon.client()
-        try c.call("attach", DaemonTest.attachArguments(order: 0, dataPages: 8), fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
-        for i in 0..<4 { f.enqueue(BlkifRequest.read(id: UInt64(i), sector: UInt64(i) * 8, segments: [BlkifSegment(gref: UInt32(i))])) }
+        try c.call(
+            "attach", DaemonTest.attachArguments(order: 0, dataPages: 8),
+            fds: [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue])
+        for i in 0..<4 {
+            f.enqueue(
+                BlkifRequest.read(id: UInt64(i), sector: UInt64(i) * 8, segments: [BlkifSegment(gref: UInt32(i))]))
+        }
         f.push()
         var got: [UInt64: Int16] = [:]
-        #expect(DaemonTest.waitUntil {
-            _ = f.reap { got[$0.id] = $0.status }
-            return got.count == 4
-        })
+        #expect(
+            DaemonTest.waitUntil {
+                _ = f.reap { got[$0.id] = $0.status }
+                return got.count == 4
+            })
         for i in 0..<4 {
             #expect(got[UInt64(i)] == 0)
             let expected = Pattern.bytes(count: 4096, seed: 100 + UInt64(i))
@@ -110,7 +118,9 @@ import Testing
         try watcher.call("subscribe")
         do {
             let a = try DiskDriver(socketPath: daemon.socketPath, pageOrder: 4, dataPages: 11)
-            for i in 0..<300 { a.enqueueWrite(id: UInt64(i), sector: UInt64(i) * 88, gref: 0, pages: 11, seed: i == 0 ? 1 : nil) }
+            for i in 0..<300 {
+                a.enqueueWrite(id: UInt64(i), sector: UInt64(i) * 88, gref: 0, pages: 11, seed: i == 0 ? 1 : nil)
+            }
             a.push()
             #expect(a.wait(forResponses: 1))
             let inFlight = try watcher.call("status")["in-flight"]?.int64Value ?? 0
@@ -169,7 +179,9 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
         #expect(!a.disk.waitForResponses(timeoutMilliseconds: 1000), "the owner sees the hang-up")
         a.collect()
-        #expect(a.responseCount > 0 && a.responses.values.allSatisfy { $0 == [0] }, "every consumed request was answered OKAY")
+        #expect(
+            a.responseCount > 0 && a.responses.values.allSatisfy { $0 == [0] },
+            "every consumed request was answered OKAY")
         #expect(!a.violation)
         // What was answered is on disk.
         let fd = open(image, O_RDONLY)
@@ -215,7 +227,10 @@ import Testing
     @Test func secondDaemonOnALiveSocketExitsNonZeroAndLeavesTheFirstIntact() throws {
         let image = try DaemonTest.image()
         let other = try DaemonTest.image()
-        defer { unlink(image); unlink(other) }
+        defer {
+            unlink(image)
+            unlink(other)
+        }
         let first = try DaemonProcess(image: image)
         defer { first.forceStop() }
         let driver = try DiskDriver(socketPath: first.socketPath)
@@ -254,7 +269,9 @@ import Testing
         let changed = try DaemonTest.nextEvent(watcher, named: "state-changed")
         #expect(changed?["state"] == .string("halted") && changed?["reason"] == .string("frontend-violation"))
         let s = try watcher.call("status")
-        #expect(s["state"] == .string("halted") && s["reason"] == .string("frontend-violation") && s["attached"] == .bool(true))
+        #expect(
+            s["state"] == .string("halted") && s["reason"] == .string("frontend-violation")
+                && s["attached"] == .bool(true))
         // Consumes nothing more, even once req_prod is sane again and kicked.
         header.storeReleasing(RingLayout.reqProdOffset, reqCons &+ 1)
         a.frontend.kick.signal()
@@ -338,7 +355,10 @@ import Testing
         }
         #expect(MonotonicClock.nanoseconds() - start < 3_000_000_000, "100 pause/resume cycles")
         let t = MonotonicClock.nanoseconds()
-        for text in [#"{"cmd":"pause","tag":1}"#, #"{"cmd":"pause","tag":2}"#, #"{"cmd":"resume","tag":3}"#, #"{"cmd":"pause","tag":4}"#, #"{"cmd":"detach","tag":5}"#, #"{"cmd":"status","tag":6}"#] {
+        for text in [
+            #"{"cmd":"pause","tag":1}"#, #"{"cmd":"pause","tag":2}"#, #"{"cmd":"resume","tag":3}"#,
+            #"{"cmd":"pause","tag":4}"#, #"{"cmd":"detach","tag":5}"#, #"{"cmd":"status","tag":6}"#,
+        ] {
             try a.control.sendRaw(Array(text.utf8))
         }
         var tags: [Int64] = []

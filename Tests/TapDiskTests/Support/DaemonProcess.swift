@@ -13,9 +13,12 @@ final class DaemonProcess: @unchecked Sendable {
 
     /// The binary next to the test bundle (`swift build` puts both in the same folder).
     static var binary: String {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let exe =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
-        while dir.path != "/" && !dir.lastPathComponent.hasSuffix(".xctest") && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("tapdiskd").path) {
+        while dir.path != "/" && !dir.lastPathComponent.hasSuffix(".xctest")
+            && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("tapdiskd").path)
+        {
             dir = dir.deletingLastPathComponent()
         }
         if dir.lastPathComponent.hasSuffix(".xctest") { dir = dir.deletingLastPathComponent() }
@@ -29,7 +32,8 @@ final class DaemonProcess: @unchecked Sendable {
     }
 
     /// Starts `tapdiskd --image IMAGE --socket DIR/disk.sock ARGS` and waits until it answers.
-    init(image: String, arguments: [String] = [], directory: String? = nil, environment: [String: String]? = nil) throws {
+    init(image: String, arguments: [String] = [], directory: String? = nil, environment: [String: String]? = nil) throws
+    {
         self.directory = directory ?? Self.makeDirectory()
         socketPath = self.directory + "/disk.sock"
         logPath = self.directory + "/daemon.log"

@@ -18,11 +18,15 @@ enum DaemonTest {
     // MARK: - Replies
 
     /// Sends a raw datagram and returns the next reply.
-    static func raw(_ client: ControlClient, _ text: String, fds: [Int32] = [], timeoutMilliseconds: Int32 = 10_000) throws -> JSONObject {
+    static func raw(_ client: ControlClient, _ text: String, fds: [Int32] = [], timeoutMilliseconds: Int32 = 10_000)
+        throws -> JSONObject
+    {
         try raw(client, Array(text.utf8), fds: fds, timeoutMilliseconds: timeoutMilliseconds)
     }
 
-    static func raw(_ client: ControlClient, _ bytes: [UInt8], fds: [Int32] = [], timeoutMilliseconds: Int32 = 10_000) throws -> JSONObject {
+    static func raw(_ client: ControlClient, _ bytes: [UInt8], fds: [Int32] = [], timeoutMilliseconds: Int32 = 10_000)
+        throws -> JSONObject
+    {
         try client.sendRaw(bytes, fds: fds)
         return try client.receiveReply(timeoutMilliseconds: timeoutMilliseconds)
     }
@@ -34,7 +38,9 @@ enum DaemonTest {
     }
 
     /// The error code of a command that must fail (nil when it succeeded).
-    static func refusal(_ client: ControlClient, _ command: String, _ arguments: JSONObject = [:], fds: [Int32] = []) throws -> String? {
+    static func refusal(_ client: ControlClient, _ command: String, _ arguments: JSONObject = [:], fds: [Int32] = [])
+        throws -> String?
+    {
         code(try client.request(command, arguments, fds: fds))
     }
 
@@ -59,8 +65,10 @@ enum DaemonTest {
         var values: [String: UInt64]
         subscript(_ name: String) -> UInt64 { values[name] ?? 0 }
         var consumed: UInt64 {
-            ["read-requests", "write-requests", "flush-requests", "barrier-requests", "discard-requests",
-             "invalid-requests", "unsupported-requests"].reduce(0) { $0 + self[$1] }
+            [
+                "read-requests", "write-requests", "flush-requests", "barrier-requests", "discard-requests",
+                "invalid-requests", "unsupported-requests",
+            ].reduce(0) { $0 + self[$1] }
         }
         var responses: UInt64 { self["responses-okay"] + self["responses-error"] + self["responses-eopnotsupp"] }
         var invariantHolds: Bool { consumed == responses + self["in-flight"] + self["held"] }
@@ -72,7 +80,9 @@ enum DaemonTest {
         let object = try #require(reply["counters"]?.objectValue, sourceLocation: sourceLocation)
         var values: [String: UInt64] = [:]
         for name in counterNames {
-            let value = try #require(object[name]?.uint64Value, "counter \(name) missing or not a u64 integer", sourceLocation: sourceLocation)
+            let value = try #require(
+                object[name]?.uint64Value, "counter \(name) missing or not a u64 integer",
+                sourceLocation: sourceLocation)
             values[name] = value
         }
         return Counters(values: values)
@@ -80,7 +90,9 @@ enum DaemonTest {
 
     /// §6: consumed == responses + in-flight + held; returns the counters for further checks.
     @discardableResult
-    static func expectInvariant(_ client: ControlClient, sourceLocation: SourceLocation = #_sourceLocation) throws -> Counters {
+    static func expectInvariant(_ client: ControlClient, sourceLocation: SourceLocation = #_sourceLocation) throws
+        -> Counters
+    {
         let c = try stats(client, sourceLocation: sourceLocation)
         #expect(
             c.invariantHolds,
@@ -103,7 +115,9 @@ enum DaemonTest {
     }
 
     /// The next event named `name` (other events are skipped and returned in `skipped`).
-    static func nextEvent(_ client: ControlClient, named name: String, seconds: Double = 10, skipped: inout [JSONObject]) throws -> JSONObject? {
+    static func nextEvent(
+        _ client: ControlClient, named name: String, seconds: Double = 10, skipped: inout [JSONObject]
+    ) throws -> JSONObject? {
         let deadline = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
         while MonotonicClock.nanoseconds() < deadline {
             let left = Int32((deadline - MonotonicClock.nanoseconds()) / 1_000_000) + 1
@@ -305,8 +319,11 @@ enum Tapdiskd {
         box.done.wait()
         process.waitUntilExit()
         killer.cancel()
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-        return Run(status: status, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: box.err, as: UTF8.self))
+        let status =
+            process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return Run(
+            status: status, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: box.err, as: UTF8.self))
     }
 
     private final class Box: @unchecked Sendable {

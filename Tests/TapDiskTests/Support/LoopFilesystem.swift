@@ -40,7 +40,9 @@ final class LoopFilesystem: @unchecked Sendable {
         backingFile = root + "/backing.img"
         mountPoint = root + "/mnt"
         do {
-            guard mkdir(mountPoint, 0o755) == 0 else { throw Failure(description: "mkdir \(mountPoint): \(Errno.current)") }
+            guard mkdir(mountPoint, 0o755) == 0 else {
+                throw Failure(description: "mkdir \(mountPoint): \(Errno.current)")
+            }
             try Shell.check(["truncate", "-s", "\(sizeMiB)M", backingFile])
             var mkfs = ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
             if let blockSize { mkfs += ["-b", "\(blockSize)"] }
@@ -94,7 +96,9 @@ final class LoopFilesystem: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { throw Failure(description: "fstat \(p): \(Errno.current)") }
         let current = UInt64(st.st_size)
         if bytes < current {
-            guard ftruncate(fd, off_t(bytes)) == 0 else { throw Failure(description: "ftruncate \(p): \(Errno.current)") }
+            guard ftruncate(fd, off_t(bytes)) == 0 else {
+                throw Failure(description: "ftruncate \(p): \(Errno.current)")
+            }
         } else if bytes > current {
             let rc = clibaio_posix_fallocate(fd, Int64(current), Int64(bytes - current))
             if rc < 0 {
@@ -219,7 +223,9 @@ final class LoopFilesystem: @unchecked Sendable {
 
     private func fsStats() throws -> statvfs {
         var s = statvfs()
-        guard statvfs(mountPoint, &s) == 0 else { throw Failure(description: "statvfs \(mountPoint): \(Errno.current)") }
+        guard statvfs(mountPoint, &s) == 0 else {
+            throw Failure(description: "statvfs \(mountPoint): \(Errno.current)")
+        }
         return s
     }
 
@@ -236,7 +242,8 @@ final class LoopFilesystem: @unchecked Sendable {
         var i = 0
         while i < b.count {
             if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
-               let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8)
+            {
                 out.append(v)
                 i += 4
             } else {

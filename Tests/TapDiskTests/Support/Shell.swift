@@ -27,7 +27,10 @@ enum Shell {
     static func which(_ name: String) -> String? {
         if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
         let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
-        let dirs = path.split(separator: ":").map(String.init) + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        let dirs =
+            path.split(separator: ":").map(String.init) + [
+                "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+            ]
         for dir in dirs where !dir.isEmpty {
             let candidate = dir + "/" + name
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
@@ -38,7 +41,9 @@ enum Shell {
     /// Runs `argv` and waits. Throws only when it cannot be started; the exit status is returned
     /// (a signal death is reported as 128 + signal, like a shell).
     @discardableResult
-    static func run(_ argv: [String], environment: [String: String]? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+    static func run(_ argv: [String], environment: [String: String]? = nil) throws -> (
+        status: Int32, stdout: String, stderr: String
+    ) {
         guard let first = argv.first else { throw Failure(argv: argv, result: nil, reason: "empty command") }
         guard let exe = which(first) else { throw Failure(argv: argv, result: nil, reason: "command not found") }
         let process = Process()
@@ -52,12 +57,16 @@ enum Shell {
         process.standardInput = FileHandle.nullDevice
         try process.run()
         let errBox = DataBox()
-        let reader = Thread { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); errBox.done.signal() }
+        let reader = Thread {
+            errBox.data = err.fileHandleForReading.readDataToEndOfFile()
+            errBox.done.signal()
+        }
         reader.start()
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         errBox.done.wait()
         process.waitUntilExit()
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        let status =
+            process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
         return (status, String(decoding: outData, as: UTF8.self), String(decoding: errBox.data, as: UTF8.self))
     }
 
@@ -66,7 +75,9 @@ enum Shell {
     static func check(_ argv: [String]) throws -> String {
         let r = try run(argv)
         guard r.status == 0 else {
-            throw Failure(argv: argv, result: Result(status: r.status, stdout: r.stdout, stderr: r.stderr), reason: "exit status \(r.status)")
+            throw Failure(
+                argv: argv, result: Result(status: r.status, stdout: r.stdout, stderr: r.stderr),
+                reason: "exit status \(r.status)")
         }
         return r.stdout
     }
