@@ -69,6 +69,4 @@ package struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
     package var description: String {
         "\(name) (\(String(cString: strerror(rawValue))))"
     }
-
-    package static let EIO_ = Errno(rawValue: EIO)
 }
