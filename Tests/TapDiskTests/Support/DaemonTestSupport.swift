@@ -298,37 +298,8 @@ enum Tapdiskd {
 
     /// Runs `tapdiskd ARGS`; a run that outlives `timeoutSeconds` is killed (status 137).
     static func run(_ arguments: [String], timeoutSeconds: Double = 20) throws -> Run {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: DaemonProcess.binary)
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let box = Box()
-        let reader = Thread {
-            box.err = err.fileHandleForReading.readDataToEndOfFile()
-            box.done.signal()
-        }
-        reader.start()
-        let killer = DispatchWorkItem { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeoutSeconds, execute: killer)
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        box.done.wait()
-        process.waitUntilExit()
-        killer.cancel()
-        let status =
-            process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-        return Run(
-            status: status, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: box.err, as: UTF8.self))
-    }
-
-    private final class Box: @unchecked Sendable {
-        var err = Data()
-        let done = DispatchSemaphore(value: 0)
+        let r = try Shell.run([DaemonProcess.binary] + arguments, timeoutSeconds: timeoutSeconds)
+        return Run(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 }
 

@@ -39,13 +39,16 @@ enum Shell {
     }
 
     /// Runs `argv` and waits. Throws only when it cannot be started; the exit status is returned
-    /// (a signal death is reported as 128 + signal, like a shell).
+    /// (a signal death is reported as 128 + signal, like a shell). A run that outlives
+    /// `timeoutSeconds` is killed (status 137).
     @discardableResult
-    static func run(_ argv: [String], environment: [String: String]? = nil) throws -> (
+    static func run(_ argv: [String], environment: [String: String]? = nil, timeoutSeconds: Double? = nil) throws -> (
         status: Int32, stdout: String, stderr: String
     ) {
         guard let first = argv.first else { throw Failure(argv: argv, result: nil, reason: "empty command") }
-        guard let exe = which(first) else { throw Failure(argv: argv, result: nil, reason: "command not found") }
+        guard let exe = first.hasPrefix("/") ? first : which(first) else {
+            throw Failure(argv: argv, result: nil, reason: "command not found")
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: exe)
         process.arguments = Array(argv.dropFirst())
@@ -62,9 +65,12 @@ enum Shell {
             errBox.done.signal()
         }
         reader.start()
+        let killer = DispatchWorkItem { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+        if let timeoutSeconds { DispatchQueue.global().asyncAfter(deadline: .now() + timeoutSeconds, execute: killer) }
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         errBox.done.wait()
         process.waitUntilExit()
+        killer.cancel()
         let status =
             process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
         return (status, String(decoding: outData, as: UTF8.self), String(decoding: errBox.data, as: UTF8.self))
