@@ -34,6 +34,14 @@ package struct Image: ~Copyable {
         self.path = path
         self.cache = cache
         self.readOnly = readOnly
+        // Judge the kind first: a character device refuses O_DIRECT too, and "use --cache
+        // writeback" would be the wrong advice for it.
+        var pathStat = stat()
+        if stat(path, &pathStat) == 0, pathStat.st_mode & S_IFMT != S_IFREG, pathStat.st_mode & S_IFMT != S_IFBLK,
+            pathStat.st_mode & S_IFMT != S_IFDIR
+        {
+            throw .notFileOrBlockDevice(path)
+        }
         let access = readOnly ? O_RDONLY : O_RDWR
         let opened: FileDescriptor
         do {
