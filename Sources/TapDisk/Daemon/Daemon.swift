@@ -132,7 +132,7 @@ package final class Daemon {
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
             ])
         while !(terminating && !engine.isAttached) {
-            let timeout: Int32 = settlePending ? 0 : engine.submitBackoff ? 1 : 1000
+            let timeout: Int32 = settlePending ? 0 : engine.submitBackoff ? 1 : -1
             poller.wait(timeoutMilliseconds: timeout) { ready in self.dispatch(ready) }
             if engine.submitBackoff { engine.service() }
             settle()
