@@ -121,10 +121,7 @@ import Testing
     /// after it on the same connection serves I/O.
     @Test(arguments: badAttaches)
     func refusedAttachIsInvalidArgumentAndAFreshAttachWorks(_ bad: BadAttach) throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         let (fds, keep) = try bad.make(f)
@@ -145,10 +142,7 @@ import Testing
     /// Boundary values that must be accepted: the largest ring, the largest data-pages, the
     /// explicit protocol name, extra seals, a memfd larger than needed, a blocking eventfd.
     @Test func boundaryAttachesAreAccepted() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         func attachAndDetach(order: Int, dataPages: Int, memfd: Int32, kick: Int32, notify: Int32, extra: String = "")
             throws -> JSONObject
@@ -203,10 +197,7 @@ import Testing
     }
 
     @Test func secondAttachIsBusyAndTheFirstFrontendKeepsWorking() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let first = try DiskDriver(socketPath: daemon.socketPath)
         #expect(first.roundTrip(sector: 0, seed: 1))
         let other = try daemon.client()
@@ -231,10 +222,7 @@ import Testing
 
     /// §2.1 state rules with nothing attached and while running.
     @Test func stateRulesNotAttachedAndWrongState() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         for cmd in ["pause", "resume", "detach"] {
             let r = try DaemonTest.raw(client, "{\"cmd\":\"\(cmd)\",\"tag\":\"\(cmd)\"}")
@@ -258,10 +246,7 @@ import Testing
     /// (MSG_CTRUNC), which is `invalid-argument` even when the first three fds are right; every
     /// fd that arrived is closed.
     @Test func truncatedAncillaryDataIsInvalidArgument() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         _ = try client.call("info")
         let baseline = DaemonTest.fdCount(pid: daemon.pid)
@@ -288,10 +273,7 @@ import Testing
     /// many refused attaches, fds sent with other commands and with malformed datagrams, and
     /// after attach/detach cycles.
     @Test func receivedFdsAreClosed() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         _ = try client.call("info")
         let baseline = DaemonTest.fdCount(pid: daemon.pid)

@@ -58,10 +58,8 @@ import Testing
     }
 
     @Test func ctlStatusStatsPauseResumeDetachHumanAndJSON() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
+        let image = daemon.imagePath
         let sock = daemon.socketPath
         func ctl(_ args: String...) throws -> Tapdiskd.Run { try Tapdiskd.run(["ctl", "--socket", sock] + args) }
 
@@ -139,10 +137,7 @@ import Testing
     }
 
     @Test func ctlEventsPrintsEventsAsTheyHappen() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: DaemonProcess.binary)
         process.arguments = ["ctl", "--socket", daemon.socketPath, "events", "--json"]

@@ -12,10 +12,8 @@ import Testing
 
     @Test func infoReplyHasEveryFieldWithItsType() throws {
         let bytes = 16 << 20 + 3 * 512  // not a whole MiB: sectors must be exact
-        let image = try DaemonTest.image(bytes: bytes)
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: bytes)
+        let image = daemon.imagePath
         let client = try daemon.client()
         let reply = try DaemonTest.raw(client, #"{"cmd":"info"}"#)
         #expect(reply["ok"] == .bool(true))
@@ -35,7 +33,7 @@ import Testing
         let features = try #require(reply["features"]?.objectValue)
         #expect(features["flush"] == .bool(true))
         #expect(features["barrier"] == .bool(true))
-        let discard = try #require(features["discard"]?.boolValue)
+        let discard: Bool = try #require(features["discard"]?.boolValue as Bool?)
         #expect(discard, "an ext4 file can punch holes")
         let granularity = try #require(features["discard-granularity"]?.uint64Value)
         #expect(discard ? granularity > 0 : granularity == 0)
@@ -46,10 +44,7 @@ import Testing
     }
 
     @Test func readonlyAndMaxRingPageOrderFlagsShowInInfoAndAttach() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image, arguments: ["--readonly", "--max-ring-page-order", "2"])
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20, arguments: ["--readonly", "--max-ring-page-order", "2"])
         let client = try daemon.client()
         let info = try client.call("info")
         #expect(info["readonly"] == .bool(true))
@@ -84,10 +79,7 @@ import Testing
 
     @Test func statusReplyHasEveryFieldWithItsType() throws {
         let bytes = 16 << 20
-        let image = try DaemonTest.image(bytes: bytes)
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: bytes)
         let client = try daemon.client()
         let s = try DaemonTest.raw(client, #"{"cmd":"status"}"#)
         #expect(s["ok"] == .bool(true) && s["tag"] == nil)
@@ -120,10 +112,7 @@ import Testing
     }
 
     @Test func statsHasEveryCounterAsAnIntegerAndCountsIO() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         let reply = try DaemonTest.raw(client, #"{"cmd":"stats","tag":"s"}"#)
         #expect(reply["tag"] == .string("s"))
@@ -167,7 +156,7 @@ import Testing
         #expect(info["sector-size"]?.uint64Value == 512)
         #expect(info["image"] == .string(device))
         let features = try #require(info["features"]?.objectValue)
-        let discard = try #require(features["discard"]?.boolValue)
+        let discard: Bool = try #require(features["discard"]?.boolValue as Bool?)
         #expect(
             discard
                 ? features["discard-granularity"]!.uint64Value! > 0 : features["discard-granularity"]?.uint64Value == 0)
@@ -184,10 +173,7 @@ import Testing
     // MARK: - §2 tags
 
     @Test func tagsAreEchoedWithTheirExactTypeAndValue() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         let tags = [
             "0", "-1", "42", "9223372036854775807", "18446744073709551615", "18446744073709551616",
@@ -217,10 +203,7 @@ import Testing
     }
 
     @Test func nonScalarOrNonFiniteTagIsBadRequest() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         for tag in ["[1]", "[]", #"{"a":1}"#, "{}", "1e999", "-1e999"] {
             let reply = try DaemonTest.raw(client, "{\"cmd\":\"info\",\"tag\":\(tag)}")
@@ -234,10 +217,7 @@ import Testing
     // MARK: - §2 malformed messages
 
     @Test func malformedMessagesGetTheirErrorCodesAndTheConnectionStaysUsable() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         let cases: [(String, String)] = [
             ("hello", "bad-request"),
@@ -277,10 +257,7 @@ import Testing
     }
 
     @Test func emptyDatagramIsBadRequestAndTheConnectionStaysUsable() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         for _ in 0..<3 {
             let reply = try DaemonTest.raw(client, [UInt8]())
@@ -297,10 +274,7 @@ import Testing
 
     /// 65536 bytes is a message; 65537 is `bad-request`, never parsed as a prefix.
     @Test func datagramSizeLimitIsInclusive() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         func padded(_ size: Int, tag: Int) -> [UInt8] {
             let head = "{\"cmd\":\"info\",\"tag\":\(tag),\"pad\":\""
@@ -331,10 +305,7 @@ import Testing
     }
 
     @Test func repliesComeInRequestOrder() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         let requests = [
             #"{"cmd":"info","tag":1}"#, #"{"cmd":"bogus","tag":2}"#, #"{"cmd":"status","tag":3}"#, "[]",
@@ -356,10 +327,7 @@ import Testing
     // MARK: - §2 integer fields and precedence
 
     @Test func integerFieldsTakeIntegerTokensOnly() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         let fds = [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue]
@@ -399,10 +367,7 @@ import Testing
     }
 
     @Test func booleanFieldsTakeBooleansOnly() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let driver = try DiskDriver(socketPath: daemon.socketPath)
         let client = try daemon.client()
         try client.call("pause")
@@ -418,10 +383,7 @@ import Testing
 
     /// bad-request before busy before invalid-argument.
     @Test func errorPrecedence() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         // Nothing attached: bad-request beats invalid-argument (no fds, bad value, bad type).
         #expect(
@@ -454,10 +416,7 @@ import Testing
     // MARK: - §2 events and the bounded queue
 
     @Test func subscribedConnectionGetsStateEventsBetweenReplies() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let watcher = try daemon.client()
         let sub = try watcher.call("subscribe")
         #expect(sub["ok"] == .bool(true) && sub.keys.sorted() == ["ok", "tag"])
@@ -483,10 +442,7 @@ import Testing
     /// A subscriber that never reads: the daemon keeps serving, drops what does not fit, and the
     /// next event that gets through carries `dropped`; received + dropped = emitted.
     @Test func eventsForASlowSubscriberAreDroppedAndCounted() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let sleeper = try daemon.client()
         try sleeper.call("subscribe")
         let driver = try DiskDriver(socketPath: daemon.socketPath)

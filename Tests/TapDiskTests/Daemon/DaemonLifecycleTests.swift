@@ -11,10 +11,7 @@ import Testing
     // MARK: - detach and re-attach
 
     @Test func detachReportsCompletedAndReqConsAndReattachSeesTheData() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let toolstack = try daemon.client()
         do {
             let a = try DiskDriver(socketPath: daemon.socketPath)
@@ -66,10 +63,7 @@ import Testing
     /// detach with I/O in flight: every consumed request is answered before the reply, and
     /// `completed` counts the ones answered after the command arrived.
     @Test func detachWithIOInFlightAnswersEverythingConsumed() throws {
-        let image = try DaemonTest.image(bytes: 64 << 20)
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 64 << 20)
         let a = try DiskDriver(socketPath: daemon.socketPath, pageOrder: 4, dataPages: 11)
         for i in 0..<11 { Pattern.fill(a.frontend.page(UInt32(i)), bytes: 4096, seed: UInt64(i)) }
         for i in 0..<200 { a.enqueueWrite(id: UInt64(i), sector: UInt64(i) * 88, gref: 0, pages: 11) }
@@ -89,10 +83,7 @@ import Testing
     /// Requests published while paused are not consumed; a detach then answers none of them and
     /// reports the consumer index where it stopped.
     @Test func detachWhilePausedLeavesUnconsumedRequestsUnanswered() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let a = try DiskDriver(socketPath: daemon.socketPath)
         #expect(a.roundTrip(sector: 0, seed: 1))
         try a.control.call("pause")
@@ -110,10 +101,7 @@ import Testing
     // MARK: - the owner goes away
 
     @Test func ownerClosingWithIOInFlightDrainsAndReturnsToIdle() throws {
-        let image = try DaemonTest.image(bytes: 64 << 20)
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 64 << 20)
         let watcher = try daemon.client()
         try watcher.call("subscribe")
         do {
@@ -146,10 +134,7 @@ import Testing
 
     /// Any connection may detach; the former owner's later close does not touch a newer attachment.
     @Test func formerOwnerClosingDoesNotAffectANewerAttachment() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let toolstack = try daemon.client()
         var a: DiskDriver? = try DiskDriver(socketPath: daemon.socketPath)
         #expect(a!.roundTrip(sector: 0, seed: 1))
@@ -166,10 +151,8 @@ import Testing
     // MARK: - SIGTERM
 
     @Test func sigtermWhileBusyDrainsExitsZeroAndRemovesTheSocket() throws {
-        let image = try DaemonTest.image(bytes: 64 << 20)
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 64 << 20)
+        let image = daemon.imagePath
         let a = try DiskDriver(socketPath: daemon.socketPath, pageOrder: 4, dataPages: 11)
         for i in 0..<11 { Pattern.fill(a.frontend.page(UInt32(i)), bytes: 4096, seed: 50 + UInt64(i)) }
         for i in 0..<200 { a.enqueueWrite(id: UInt64(i), sector: UInt64(i) * 88, gref: 0, pages: 11) }
@@ -195,10 +178,7 @@ import Testing
     }
 
     @Test func sigtermWhileIdleExitsZeroAndRemovesTheSocket() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let c = try daemon.client()
         #expect(daemon.terminate() == 0)
         #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
@@ -248,10 +228,7 @@ import Testing
     // MARK: - §4.1 ring violation → halted
 
     private func haltScenario(bogusReqProd: (_ reqCons: UInt32, _ entries: UInt32) -> UInt32) throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let watcher = try daemon.client()
         try watcher.call("subscribe")
         let a = try DiskDriver(socketPath: daemon.socketPath)
@@ -298,10 +275,7 @@ import Testing
     // MARK: - §5.3 operator pause
 
     @Test func operatorPauseWaitsForInFlightAndLeavesNewRequestsInTheRing() throws {
-        let image = try DaemonTest.image(bytes: 64 << 20)
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 64 << 20)
         let watcher = try daemon.client()
         try watcher.call("subscribe")
         let a = try DiskDriver(socketPath: daemon.socketPath, pageOrder: 4, dataPages: 16)
@@ -343,10 +317,7 @@ import Testing
     /// Owed replies go out as soon as their condition holds, even when the client pipelines
     /// commands (a regression test: they used to wait for the 500 ms timer).
     @Test func pipelinedPauseResumeAndDetachAreAnsweredPromptly() throws {
-        let image = try DaemonTest.image()
-        defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image)
-        defer { daemon.forceStop() }
+        let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let a = try DiskDriver(socketPath: daemon.socketPath)
         let start = MonotonicClock.nanoseconds()
         for _ in 0..<100 {

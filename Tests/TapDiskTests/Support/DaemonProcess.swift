@@ -10,6 +10,9 @@ final class DaemonProcess: @unchecked Sendable {
     let socketPath: String
     let logPath: String
     let directory: String
+    let imagePath: String
+    /// A temporary image this fixture created and removes when it goes away.
+    private var ownedImage: String? = nil
 
     /// The binary next to the test bundle (`swift build` puts both in the same folder).
     static var binary: String {
@@ -35,6 +38,7 @@ final class DaemonProcess: @unchecked Sendable {
     init(image: String, arguments: [String] = [], directory: String? = nil, environment: [String: String]? = nil) throws
     {
         self.directory = directory ?? Self.makeDirectory()
+        imagePath = image
         socketPath = self.directory + "/disk.sock"
         logPath = self.directory + "/daemon.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -51,6 +55,19 @@ final class DaemonProcess: @unchecked Sendable {
             usleep(20_000)
         }
         throw Failure("tapdiskd did not start: \(log)")
+    }
+
+    /// A daemon serving a fresh sparse temporary image of `imageBytes`; the daemon is killed and
+    /// the image removed when the fixture goes away, so tests need no clean-up of their own.
+    convenience init(imageBytes: Int, arguments: [String] = []) throws {
+        let image = try EngineHarness.makeTemporaryImage(bytes: imageBytes)
+        do {
+            try self.init(image: image, arguments: arguments)
+        } catch {
+            unlink(image)
+            throw error
+        }
+        ownedImage = image
     }
 
     struct Failure: Error, CustomStringConvertible {
@@ -78,5 +95,6 @@ final class DaemonProcess: @unchecked Sendable {
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: directory)
+        if let ownedImage { unlink(ownedImage) }
     }
 }
