@@ -65,38 +65,34 @@ final class EngineHarness {
         if next == .violation { violations += 1 }
     }
 
-    /// Runs the engine until `count` responses in total have arrived (or the deadline passes).
+    /// Runs the engine's event loop until `condition` holds (false when the deadline passes).
+    @discardableResult
+    func run(until condition: () -> Bool, timeoutSeconds: Double = 20) -> Bool {
+        let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds * 1e9)
+        while !condition() {
+            if MonotonicClock.nanoseconds() > deadline { return false }
+            step()
+        }
+        collect()
+        return true
+    }
+
+    /// Runs until `count` responses in total have arrived.
     @discardableResult
     func run(untilResponses count: Int, timeoutSeconds: Double = 20) -> Bool {
-        let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds * 1e9)
-        while responses.count < count {
-            if MonotonicClock.nanoseconds() > deadline { return false }
-            step()
-        }
-        return true
+        run(until: { responses.count >= count }, timeoutSeconds: timeoutSeconds)
     }
 
-    /// Runs until nothing is in flight.
+    /// Runs until no I/O is queued or in the kernel (held requests may remain).
     @discardableResult
     func waitQuiescent(timeoutSeconds: Double = 20) -> Bool {
-        let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds * 1e9)
-        while !engine.isQuiescent {
-            if MonotonicClock.nanoseconds() > deadline { return false }
-            step()
-        }
-        collect()
-        return true
+        run(until: { engine.isQuiescent }, timeoutSeconds: timeoutSeconds)
     }
 
+    /// Runs until every consumed request has been answered.
     @discardableResult
     func waitDrained(timeoutSeconds: Double = 20) -> Bool {
-        let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds * 1e9)
-        while !engine.isDrained {
-            if MonotonicClock.nanoseconds() > deadline { return false }
-            step()
-        }
-        collect()
-        return true
+        run(until: { engine.isDrained }, timeoutSeconds: timeoutSeconds)
     }
 
     /// One event-loop iteration: wait briefly for completions, then service.
