@@ -103,8 +103,9 @@ func countAllocations(_ body: () throws -> Void) rethrows -> Int {
 
 // MARK: - Steady-state allocations per request through the data path
 
-/// Drives an in-process engine and frontend with no allocation of its own: requests are built
-/// in place, responses are counted through a closure that captures only this object.
+/// Drives an in-process engine and frontend through the daemon's own loop (`DiskLoop`, via the
+/// harness) with no allocation of its own: requests are built in place, responses are counted
+/// through a sink that captures only this object.
 private final class DataPathDriver {
     let h: EngineHarness
     let blocks: UInt64
@@ -118,6 +119,7 @@ private final class DataPathDriver {
         h = try EngineHarness(imageBytes: imageBytes, cache: .none, pageOrder: 2, dataPages: depth)
         blocks = UInt64(imageBytes / 4096)
         request.nr_segments = 1
+        h.responseSink = { [unowned self] r in self.response(r) }
     }
 
     /// `depth` requests at once (one segment, one page each), waited for together.
@@ -139,13 +141,8 @@ private final class DataPathDriver {
         }
         received = 0
         h.frontend.push()
-        h.engine.handleKick()
-        while true {
-            _ = h.frontend.reap { r in self.response(r) }
-            if received >= depth { break }
-            var p = pollfd(fd: h.engine.completionFD, events: Int16(POLLIN), revents: 0)
-            _ = poll(&p, 1, 1000)
-            h.engine.handleCompletions()
+        while received < depth {
+            h.loop.step(h, maxWaitMilliseconds: 1000)
         }
     }
 

@@ -391,7 +391,7 @@ struct RealENOSPCTests {
         let answeredBeforeDetach = h.responses.count
         h.engine.beginDetach()
         #expect(h.waitDrained())
-        _ = h.engine.finishDetach()
+        _ = h.finishDetach()
         h.collect()
         #expect(h.responses.count == answeredBeforeDetach, "detach answered requests that were still held")
         #expect(h.violations == 0)

@@ -82,8 +82,8 @@ import Testing
         #expect(h.run(untilResponses: 1))
         // The frontend claims 33 more requests on a 32-entry ring.
         h.frontend.ringBase.storeBytes(of: UInt32(1 + 33), toByteOffset: 0, as: UInt32.self)
-        h.engine.handleKick()
-        #expect(h.engine.state == .halted)
+        h.frontend.kick.signal()
+        #expect(h.run(until: { h.engine.state == .halted }, timeoutSeconds: 5))
         #expect(h.events.contains { if case .frontendViolation = $0 { true } else { false } })
         let idx = h.events.firstIndex { if case .frontendViolation = $0 { true } else { false } }!
         #expect(h.events[idx + 1] == .stateChanged(.halted))
@@ -96,7 +96,7 @@ import Testing
         h.submit((0..<4).map { BlkifRequest.read(id: $0, sector: $0 * 8, segments: [BlkifSegment(gref: UInt32($0))]) })
         #expect(h.run(untilResponses: 4))
         h.frontend.ringBase.storeBytes(of: UInt32(2), toByteOffset: 0, as: UInt32.self)
-        h.engine.handleKick()
-        #expect(h.engine.state == .halted)
+        h.frontend.kick.signal()
+        #expect(h.run(until: { h.engine.state == .halted }, timeoutSeconds: 5))
     }
 }

@@ -118,7 +118,6 @@ extension Daemon {
             }
         }
         owner = connection.token
-        registerKick()
         logger.info(
             "attached",
             metadata: [

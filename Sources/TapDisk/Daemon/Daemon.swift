@@ -8,24 +8,23 @@ import Logging
 /// socket and its connections, a 500 ms timer, signals) is a token in one epoll set, and each
 /// wakeup runs to completion before the next sleep. Control commands therefore see the engine
 /// between requests, never in the middle of one, and no lock exists anywhere.
-package final class Daemon {
+package final class Daemon: DiskLoopHost {
     package struct StartError: Error, CustomStringConvertible {
         package var description: String
     }
 
+    /// The daemon's own epoll tokens (the engine's kick and completion tokens are `DiskLoop`'s).
     enum Token {
-        static let completions: UInt64 = 1
-        static let kick: UInt64 = 2
-        static let listener: UInt64 = 3
-        static let timer: UInt64 = 4
-        static let signals: UInt64 = 5
+        static let listener: UInt64 = DiskLoop.Token.firstHostToken
+        static let timer: UInt64 = DiskLoop.Token.firstHostToken + 1
+        static let signals: UInt64 = DiskLoop.Token.firstHostToken + 2
         static let firstConnection: UInt64 = 100
     }
 
     let config: DaemonConfiguration
     let engine: Engine
     var logger: Logger
-    private let poller: Poller
+    private let loop: DiskLoop
     private let listener: FileDescriptor
     /// The socket file this process created and must remove at exit (nil under activation).
     private let ownedSocketPath: String?
@@ -42,8 +41,6 @@ package final class Daemon {
     private var terminating = false
     private var rateLimiter = IOErrorRateLimiter()
     private var lowSpaceArmed = true
-    /// An owed reply could be sent at once but `settle` ran out of rounds: do not sleep.
-    private var settlePending = false
     private var lastWatchdogNanos: UInt64 = 0
     private var lastStatusNanos: UInt64 = 0
     private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(
@@ -62,13 +59,29 @@ package final class Daemon {
         }
         do {
             engine = try Engine(image: image, policy: config.policy, maxRingPageOrder: config.maxRingPageOrder)
-            poller = try Poller()
+            loop = try DiskLoop(engine: engine)
             timer = FileDescriptor(adopting: try Errno.check(clibaio_timerfd_periodic(500)))
             var sigs: [Int32] = [SIGTERM, SIGINT]
             signals = FileDescriptor(adopting: try Errno.check(clibaio_signalfd(&sigs, 2)))
         } catch {
             throw StartError(description: "cannot set up the event loop: \(error)")
         }
+        #if TAPDISK_FAULT_INJECTION
+            if let spec = getenv("TAPDISK_FAULTS").map({ String(cString: $0) }), !spec.isEmpty {
+                do {
+                    engine.faults = try FaultInjector(specification: spec)
+                } catch {
+                    throw StartError(description: "TAPDISK_FAULTS=\(spec): not a fault specification")
+                }
+                logger.warning("injecting faults (debug build)", metadata: ["TAPDISK_FAULTS": "\(spec)"])
+            }
+            if let text = getenv("TAPDISK_ROUNDS_PER_SERVICE").map({ String(cString: $0) }) {
+                guard let rounds = Int(text), rounds > 0 else {
+                    throw StartError(description: "TAPDISK_ROUNDS_PER_SERVICE=\(text): not a positive integer")
+                }
+                engine.roundsPerService = rounds
+            }
+        #endif
         signal(SIGPIPE, SIG_IGN)
         if let activated = SystemdNotifier.listenedSocket() {
             listener = FileDescriptor(adopting: activated)
@@ -82,10 +95,9 @@ package final class Daemon {
             ownedSocketPath = path
         }
         do {
-            try poller.add(engine.completionFD, token: Token.completions)
-            try poller.add(listener.rawValue, token: Token.listener)
-            try poller.add(timer.rawValue, token: Token.timer)
-            try poller.add(signals.rawValue, token: Token.signals)
+            try loop.add(listener.rawValue, token: Token.listener)
+            try loop.add(timer.rawValue, token: Token.timer)
+            try loop.add(signals.rawValue, token: Token.signals)
         } catch {
             if let ownedSocketPath { unlink(ownedSocketPath) }
             throw StartError(description: "epoll: \(error)")
@@ -132,10 +144,7 @@ package final class Daemon {
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
             ])
         while !(terminating && !engine.isAttached) {
-            let timeout: Int32 = settlePending ? 0 : engine.submitBackoff ? 1 : -1
-            poller.wait(timeoutMilliseconds: timeout) { ready in self.dispatch(ready) }
-            if engine.submitBackoff { engine.service() }
-            settle()
+            loop.step(self)
         }
         _ = try? notifier.stopping()
         if let ownedSocketPath { unlink(ownedSocketPath) }
@@ -143,10 +152,9 @@ package final class Daemon {
         return 0
     }
 
-    private func dispatch(_ ready: Poller.Ready) {
+    /// A ready source of the daemon's own (`DiskLoop` handles the engine's kick and completions).
+    package func dispatch(_ ready: Poller.Ready) {
         switch ready.token {
-        case Token.completions: engine.handleCompletions()
-        case Token.kick: engine.handleKick()
         case Token.listener: acceptConnections()
         case Token.timer:
             var expirations: UInt64 = 0
@@ -178,9 +186,8 @@ package final class Daemon {
     /// `detach` at once): settling repeats until nothing changes. The connection no longer
     /// watches EPOLLIN then, so nothing else would wake the loop for it before the next timer
     /// tick. A client that keeps this going past the round limit gets its reply on the next
-    /// (zero-timeout) iteration, so other fds are not starved.
-    private func settle() {
-        settlePending = false
+    /// (zero-timeout) iteration, so other fds are not starved: the return value tells the loop.
+    package func settle() -> Bool {
         for _ in 0..<8 {
             var progressed = false
             if engine.state == .closing && engine.isDrained {
@@ -197,25 +204,23 @@ package final class Daemon {
             }
             if !progressed { break }
         }
-        settlePending =
-            (engine.state == .closing && engine.isDrained)
+        for (token, connection) in connections where connection.isClosed {
+            closeConnection(token)
+        }
+        return (engine.state == .closing && engine.isDrained)
             || connections.values.contains { c in
                 if case .pause = c.deferred { return engine.isQuiescent }
                 return false
             }
-        for (token, connection) in connections where connection.isClosed {
-            closeConnection(token)
-        }
     }
 
     private func completeDetach() {
-        poller.remove(engine.kickFD)
         let responsesBefore: UInt64? = connections.values.lazy.compactMap { c -> UInt64? in
             if case .detach(_, let start) = c.deferred { return start }
             return nil
         }.first
         let completedBase = responsesBefore ?? engine.counters.responses
-        let reqCons = engine.finishDetach()
+        let reqCons = loop.finishDetach()
         owner = nil
         let completed = engine.counters.responses - completedBase
         for connection in connections.values {
@@ -342,7 +347,7 @@ package final class Daemon {
             nextToken += 1
             let connection = ControlConnection(fd: FileDescriptor(adopting: fd), token: token)
             do {
-                try poller.add(fd, token: token, events: clibaio_EPOLLIN | clibaio_EPOLLRDHUP)
+                try loop.add(fd, token: token, events: clibaio_EPOLLIN | clibaio_EPOLLRDHUP)
             } catch {
                 continue
             }
@@ -404,7 +409,7 @@ package final class Daemon {
         guard !connection.isClosed else { return }
         var events: UInt32 = connection.deferred == nil ? clibaio_EPOLLIN | clibaio_EPOLLRDHUP : 0
         if !connection.outbox.isEmpty { events |= clibaio_EPOLLOUT }
-        try? poller.modify(connection.fd.rawValue, token: connection.token, events: events)
+        try? loop.modify(connection.fd.rawValue, token: connection.token, events: events)
     }
 
     func reply(_ connection: ControlConnection, _ bytes: [UInt8]) {
@@ -447,7 +452,7 @@ package final class Daemon {
 
     private func closeConnection(_ token: UInt64) {
         guard let connection = connections.removeValue(forKey: token) else { return }
-        poller.remove(connection.fd.rawValue)
+        loop.remove(connection.fd.rawValue)
         if owner == token {
             // The frontend died: serve out what it consumed, then back to idle (§2.3).
             owner = nil
@@ -455,10 +460,6 @@ package final class Daemon {
                 "frontend connection closed without detach; draining", metadata: ["image": "\(config.imagePath)"])
             if engine.isAttached && engine.state != .closing { engine.beginDetach() }
         }
-    }
-
-    func registerKick() {
-        try? poller.add(engine.kickFD, token: Token.kick)
     }
 
     var uptimeSeconds: Double { Double(MonotonicClock.nanoseconds() - startNanos) / 1e9 }

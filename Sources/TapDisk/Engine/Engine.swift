@@ -3,8 +3,8 @@ import Glibc
 
 /// One disk's data path: ring → validation → Linux AIO → response.
 ///
-/// Single-threaded by design: the disk's event loop calls `handleKick`, `handleCompletions` and
-/// `tick`, and control commands run between those calls on the same thread, so no state here is
+/// Single-threaded by design: the disk's `DiskLoop` calls `service` after every wakeup and `tick`
+/// from the timer, and control commands run between those calls on the same thread, so no state here is
 /// ever shared or locked. Every response is written by `answer`, and every failure of a
 /// READ/WRITE/DISCARD goes through `failed`, the one place the `report`/`pause` policy decides.
 package final class Engine {
@@ -33,6 +33,9 @@ package final class Engine {
     @exclusivity(unchecked) private var dataBase = UnsafeMutableRawPointer(bitPattern: 0x1000)!
     @exclusivity(unchecked) private var notifyFD: Int32 = -1
     @exclusivity(unchecked) package private(set) var kickFD: Int32 = -1
+    /// Counts attaches, so the event loop can tell a new kick eventfd from an old one that had
+    /// the same fd number (closed on detach, reused by the next attach).
+    @exclusivity(unchecked) package private(set) var attachGeneration: UInt64 = 0
     @exclusivity(unchecked) private var nextSequence: UInt64 = 0
     /// Index of the BARRIER that stops consumption until it is answered.
     @exclusivity(unchecked) private var barrierIndex: Int? = nil
@@ -101,6 +104,7 @@ package final class Engine {
         kickFD = newAttachment.kick.rawValue
         table = RequestTable(capacity: Int(newRing.entries))
         isAttached = true
+        attachGeneration &+= 1
         attachment = consume newAttachment
         barrierIndex = nil
         setState(.running)
@@ -116,7 +120,8 @@ package final class Engine {
         service()
     }
 
-    /// Unmaps and closes once nothing is in flight. Returns `req_cons`.
+    /// Unmaps and closes once nothing is in flight. Returns `req_cons`. Called through
+    /// `DiskLoop.finishDetach`, which first takes the kick eventfd out of the epoll set.
     package func finishDetach() -> UInt32 {
         precondition(isDrained, "unmapping with I/O in flight")
         pushResponses()
@@ -168,6 +173,10 @@ package final class Engine {
     /// Periodic work (at least once a second): pause timeout and nospace auto-resume (§5.2).
     package func tick(nowNanos: UInt64 = MonotonicClock.nanoseconds()) {
         guard case .paused(let reason) = state, reason != .operatorRequest else { return }
+        // Reap first: a write that already failed has given its reservation back, and free space
+        // that rose only because of that must raise the sample (`failed`), not end the pause.
+        service()
+        guard state == .paused(reason) else { return }
         if policy.pauseTimeoutSeconds > 0, nowNanos &- pauseStartedNanos >= policy.pauseTimeoutSeconds * 1_000_000_000 {
             failAllHeld()
             pauseFreeBytes = nil
@@ -180,32 +189,67 @@ package final class Engine {
         }
     }
 
-    // MARK: - Event loop entry points
+    // MARK: - Servicing (the event loop calls this after every wakeup)
 
-    package func handleKick() {
-        if kickFD >= 0 { _ = clibaio_eventfd_drain(kickFD, &scratch) }
-        service()
+    /// Rounds of reap → consume → submit → push in one `service()` before it yields to the
+    /// event loop, so control sockets and signals are not starved by a busy frontend. Tests lower
+    /// it to reach the yield path often (the daemon: `TAPDISK_ROUNDS_PER_SERVICE`, debug builds).
+    @exclusivity(unchecked) package var roundsPerService = 64
+
+    /// `service()` stopped with work left (the round limit, or `io_submit` said EAGAIN): the event
+    /// loop must call it again without sleeping (after at most 1 ms for EAGAIN).
+    @exclusivity(unchecked) package private(set) var needsService = false
+    /// How often `service` stopped at `roundsPerService` with requests still arriving (tests
+    /// use it to prove they reached that path).
+    @exclusivity(unchecked) package private(set) var roundLimitYields: UInt64 = 0
+
+    /// Resets the completion eventfd after epoll reported it; `service` then reaps.
+    @inline(__always)
+    package func drainCompletionSignal() { aio.eventFD.drain() }
+
+    /// Resets the kick eventfd after epoll reported it; `service` then consumes.
+    @inline(__always)
+    package func drainKickSignal() {
+        if kickFD >= 0 { _ = clibaio_eventfd_drain(kickFD, &drainedValue) }
     }
 
-    package func handleCompletions() {
-        _ = clibaio_eventfd_drain(aio.eventFD.rawValue, &scratch)
-        service()
-    }
+    @exclusivity(unchecked) private var drainedValue: UInt64 = 0
 
-    @exclusivity(unchecked) private var scratch: UInt64 = 0
-
-    /// Reap, consume, submit, push: repeated until the ring is quiet, then armed for a kick.
-    package func service() {
-        guard isAttached else { return }
-        var rounds = 0
-        repeat {
+    /// Reap, consume, submit, push, until the ring is quiet and armed for a kick. Returns whether
+    /// more work remains, as Linux blkback's `do_block_io_op` returns `more_to_do`: the caller must
+    /// then run again without sleeping, because nothing else may wake it (the ring was left
+    /// unarmed, or the work needs no I/O and so no completion will arrive).
+    ///
+    /// A BARRIER is started the moment its predecessors are done: right after it is consumed
+    /// (an idle disk has nothing in flight, so no completion would come to start it later) and
+    /// after each reap.
+    @discardableResult
+    package func service() -> Bool {
+        guard isAttached else {
+            needsService = false
+            return false
+        }
+        for _ in 0..<roundsPerService {
             reapCompletions()
             startBarrierIfReady()
-            if canConsume { consumeRequests() }
+            if canConsume {
+                consumeRequests()
+                startBarrierIfReady()
+            }
             submitQueued()
             pushResponses()
-            rounds += 1
-        } while rounds < 64 && canConsume && ring.finalCheckForRequests()
+            if submitBackoff {
+                needsService = true
+                return true
+            }
+            guard canConsume && ring.finalCheckForRequests() else {
+                needsService = false
+                return false
+            }
+        }
+        roundLimitYields &+= 1
+        needsService = true
+        return true
     }
 
     private var canConsume: Bool { state == .running && barrierIndex == nil }

@@ -41,13 +41,16 @@ package struct Poller: ~Copyable {
         _ = clibaio_epoll_remove(epoll.rawValue, fd)
     }
 
-    /// Waits up to `timeoutMilliseconds` (-1 forever) and calls `body` for each ready source.
-    /// EINTR counts as a wakeup with nothing ready.
-    package func wait(timeoutMilliseconds: Int32, _ body: (Ready) -> Void) {
+    /// Waits up to `timeoutMilliseconds` (-1 forever); returns how many sources are ready, each
+    /// then read with `ready(at:)` until the next wait. EINTR counts as a wakeup with nothing ready.
+    package func wait(timeoutMilliseconds: Int32) -> Int {
         let n = clibaio_epoll_wait(epoll.rawValue, tokens, events, Int32(Self.maxEvents), timeoutMilliseconds)
-        guard n > 0 else { return }
-        for i in 0..<Int(n) {
-            body(Ready(token: tokens[i], events: events[i]))
-        }
+        return n > 0 ? Int(n) : 0
+    }
+
+    /// The `index`th source the last `wait` reported.
+    package func ready(at index: Int) -> Ready {
+        precondition(index >= 0 && index < Self.maxEvents)
+        return Ready(token: tokens[index], events: events[index])
     }
 }

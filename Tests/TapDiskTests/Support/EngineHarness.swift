@@ -3,10 +3,12 @@ import Glibc
 
 @testable import TapDisk
 
-/// An engine and a frontend over one memfd in this process, driven single-threaded: the test
-/// plays the frontend, then runs the engine's event-loop entry points until responses arrive.
-final class EngineHarness {
+/// An engine and a frontend over one memfd in this process, driven single-threaded through the
+/// daemon's own `DiskLoop`: the test plays the frontend (it kicks only when its push says so, and
+/// reads responses only when the notify eventfd is ready), and the loop acts only on ready fds.
+final class EngineHarness: DiskLoopHost {
     let engine: Engine
+    let loop: DiskLoop
     let frontend: BlockFrontend
     let imagePath: String
     private let ownsImage: Bool
@@ -14,6 +16,12 @@ final class EngineHarness {
     private(set) var responses: [FrontendRing.Response] = []
     private(set) var events: [EngineEvent] = []
     var violations = 0
+    /// When set, responses go here instead of `responses` (the allocation test keeps no array).
+    var responseSink: ((FrontendRing.Response) -> Void)? = nil
+    /// Notifications the frontend received (the notify eventfd was ready).
+    private(set) var notifications = 0
+
+    static let notifyToken = DiskLoop.Token.firstHostToken
 
     init(
         imageBytes: Int = 8 << 20, imagePath: String? = nil, cache: CacheMode = .none, readOnly: Bool = false,
@@ -29,18 +37,34 @@ final class EngineHarness {
         }
         let image = try Image(path: self.imagePath, cache: cache, readOnly: readOnly)
         engine = try Engine(image: image, policy: policy, maxRingPageOrder: max(4, pageOrder))
+        loop = try DiskLoop(engine: engine)
         frontend = try BlockFrontend(pageOrder: pageOrder, dataPages: dataPages, startIndex: startIndex)
+        try loop.add(frontend.notify.rawValue, token: Self.notifyToken)
         engine.onEvent = { [weak self] in self?.events.append($0) }
-        if attach { try engine.attach(frontend.makeAttachment()) }
+        if attach { try self.attach() }
     }
 
     deinit {
         if engine.isAttached {
             engine.beginDetach()
             _ = waitDrained()
-            _ = engine.finishDetach()
+            _ = loop.finishDetach()
         }
         if ownsImage { unlink(imagePath) }
+    }
+
+    /// Attaches this harness's frontend, as the daemon's `attach` command does, and lets the loop
+    /// serve what was published before.
+    func attach() throws {
+        try engine.attach(frontend.makeAttachment())
+        runWhileBusy()
+    }
+
+    /// `DiskLoop.finishDetach`: what the daemon does once a detach has drained.
+    func finishDetach() -> UInt32 {
+        let cons = loop.finishDetach()
+        runWhileBusy()
+        return cons
     }
 
     static func makeTemporaryImage(bytes: Int, directory: String = "/var/tmp") throws -> String {
@@ -52,29 +76,60 @@ final class EngineHarness {
         return String(cString: template)
     }
 
-    /// Enqueues and publishes requests, then lets the engine react to the kick.
+    /// Enqueues and publishes requests (kicking only if the ring asks for it), then runs the loop
+    /// for as long as something is ready.
     func submit(_ requests: [clibaio_blkif_request]) {
         for r in requests { frontend.enqueue(r) }
         frontend.push()
-        engine.handleKick()
-        collect()
+        runWhileBusy()
     }
 
+    /// The frontend reads every published response (also called after a notification).
     func collect() {
-        let next = frontend.reap { responses.append($0) }
+        let next: FrontendRing.Next
+        if let responseSink {
+            next = frontend.reap(responseSink)
+        } else {
+            next = frontend.reap { responses.append($0) }
+        }
         if next == .violation { violations += 1 }
     }
 
-    /// Runs the engine's event loop until `condition` holds (false when the deadline passes).
+    // MARK: - DiskLoopHost: the frontend side of the loop
+
+    func dispatch(_ ready: Poller.Ready) {
+        guard ready.token == Self.notifyToken else { return }
+        notifications += 1
+        frontend.notify.drain()
+        collect()
+    }
+
+    func settle() -> Bool { false }
+
+    // MARK: - Running the loop
+
+    /// Steps the loop without sleeping until nothing is ready or pending (bounded).
+    func runWhileBusy() {
+        for _ in 0..<10_000 where loop.step(self, maxWaitMilliseconds: 0) {}
+    }
+
+    /// Steps the daemon's loop until `condition` holds (false when the deadline passes). Each step
+    /// sleeps in epoll until a source is ready: when the engine would sleep forever, so does this.
     @discardableResult
     func run(until condition: () -> Bool, timeoutSeconds: Double = 20) -> Bool {
         let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds * 1e9)
         while !condition() {
             if MonotonicClock.nanoseconds() > deadline { return false }
-            step()
+            loop.step(self, maxWaitMilliseconds: 20)
         }
-        collect()
+        // Deliver what became ready meanwhile (the notification for the last responses).
+        runWhileBusy()
         return true
+    }
+
+    /// One step of the loop: sleeps until a source is ready (at most 5 ms), acts only on that.
+    func step() {
+        loop.step(self, maxWaitMilliseconds: 5)
     }
 
     /// Runs until `count` responses in total have arrived.
@@ -93,14 +148,6 @@ final class EngineHarness {
     @discardableResult
     func waitDrained(timeoutSeconds: Double = 20) -> Bool {
         run(until: { engine.isDrained }, timeoutSeconds: timeoutSeconds)
-    }
-
-    /// One event-loop iteration: wait briefly for completions, then service.
-    func step() {
-        var p = pollfd(fd: engine.completionFD, events: Int16(POLLIN), revents: 0)
-        _ = poll(&p, 1, engine.submitBackoff ? 1 : 5)
-        engine.handleCompletions()
-        collect()
     }
 
     func responses(for id: UInt64) -> [FrontendRing.Response] { responses.filter { $0.id == id } }

@@ -1,0 +1,120 @@
+import CLibAIO
+
+/// What a `DiskLoop` hands the sources it does not own (control sockets, timers, signals, or a
+/// test's frontend) and asks after each wakeup.
+package protocol DiskLoopHost: AnyObject {
+    /// One ready source whose token is not the loop's own.
+    func dispatch(_ ready: Poller.Ready)
+    /// Runs after the engine was serviced; returns true when there is more to do at once (an owed
+    /// reply whose condition holds), so the loop must not sleep.
+    func settle() -> Bool
+}
+
+/// One disk's event loop step: wait → service → dispatch → settle.
+///
+/// This is the only loop that drives an `Engine`: the daemon runs it forever, and every in-process
+/// test runs the same `step`, so a request that the daemon would never answer is never answered in
+/// a test either. It acts only on what epoll reports ready, and sleeps only when the engine says
+/// nothing more is to be done without a new event (`Engine.needsService`).
+package final class DiskLoop {
+    /// Tokens the loop owns; hosts use tokens from `firstHostToken` on.
+    package enum Token {
+        package static let completions: UInt64 = 1
+        package static let kick: UInt64 = 2
+        package static let firstHostToken: UInt64 = 3
+    }
+
+    package let engine: Engine
+    private let poller: Poller
+    /// The attach whose kick eventfd is in the epoll set (0: none); the fd stays open until
+    /// `finishDetach` has removed it.
+    private var watchedGeneration: UInt64 = 0
+    private var watchedKick: Int32 = -1
+    private var hostHasMore = false
+
+    package init(engine: Engine) throws(Errno) {
+        self.engine = engine
+        poller = try Poller()
+        try poller.add(engine.completionFD, token: Token.completions)
+    }
+
+    /// Adds a host source under a host token (≥ `Token.firstHostToken`).
+    package func add(_ fd: Int32, token: UInt64, events: UInt32 = clibaio_EPOLLIN) throws(Errno) {
+        precondition(token >= Token.firstHostToken, "token \(token) belongs to the loop")
+        try poller.add(fd, token: token, events: events)
+    }
+
+    package func modify(_ fd: Int32, token: UInt64, events: UInt32) throws(Errno) {
+        try poller.modify(fd, token: token, events: events)
+    }
+
+    package func remove(_ fd: Int32) { poller.remove(fd) }
+
+    /// True when the next `step` will not sleep.
+    package var hasPendingWork: Bool { engine.needsService || hostHasMore }
+
+    /// Waits up to `maxWaitMilliseconds` (-1: until something is ready), then services the engine
+    /// if its fds were ready, dispatches the host's ready sources and lets the host settle. A wait that ends with nothing ready and
+    /// nothing pending does nothing at all: only readiness or owed work moves the disk.
+    /// Returns whether anything was ready or pending (false: the wait timed out idle).
+    @discardableResult
+    package func step<Host: DiskLoopHost>(_ host: Host, maxWaitMilliseconds: Int32 = -1) -> Bool {
+        syncKickWatch()
+        let pending = engine.needsService || hostHasMore
+        let timeout: Int32 = pending ? (engine.submitBackoff && !hostHasMore ? 1 : 0) : maxWaitMilliseconds
+        let count = poller.wait(timeoutMilliseconds: timeout)
+        // The engine's sources first: completions are reaped before a control command or the
+        // timer looks at the engine (auto-resume must see the failures that already happened).
+        var engineReady = false
+        for i in 0..<count {
+            switch poller.ready(at: i).token {
+            case Token.completions:
+                engine.drainCompletionSignal()
+                engineReady = true
+            case Token.kick:
+                engine.drainKickSignal()
+                engineReady = true
+            default: continue
+            }
+        }
+        // Only the engine's own fds, or work it said it left, lead to `service`. A control command
+        // that changes the engine (attach, resume, detach) services it itself; servicing after
+        // every timer tick as well would hide a request the engine forgot, for up to a tick.
+        if engineReady || engine.needsService { engine.service() }
+        var hostReady = false
+        for i in 0..<count {
+            let ready = poller.ready(at: i)
+            if ready.token == Token.completions || ready.token == Token.kick { continue }
+            host.dispatch(ready)
+            hostReady = true
+        }
+        guard engineReady || hostReady || pending else { return false }
+        hostHasMore = host.settle()
+        syncKickWatch()
+        return true
+    }
+
+    /// Unwatches the kick eventfd, then unmaps and closes (`Engine.finishDetach`). The order
+    /// matters: the frontend shares that eventfd's open file, so closing our fd alone would leave
+    /// a stale, forever-readable registration in the epoll set that nothing could remove.
+    package func finishDetach() -> UInt32 {
+        unwatchKick()
+        return engine.finishDetach()
+    }
+
+    /// Puts a new attachment's kick eventfd in the epoll set.
+    private func syncKickWatch() {
+        guard engine.isAttached, engine.attachGeneration != watchedGeneration else { return }
+        unwatchKick()
+        if (try? poller.add(engine.kickFD, token: Token.kick)) != nil {
+            watchedKick = engine.kickFD
+            watchedGeneration = engine.attachGeneration
+        }
+    }
+
+    private func unwatchKick() {
+        if watchedKick >= 0 { poller.remove(watchedKick) }
+        watchedKick = -1
+        watchedGeneration = 0
+    }
+}
