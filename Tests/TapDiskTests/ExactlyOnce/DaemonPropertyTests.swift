@@ -1,0 +1,206 @@
+import CLibAIO
+import Foundation
+import Glibc
+import Testing
+
+@testable import TapDisk
+
+/// The real daemon process against a randomized, pipelined request stream under random faults
+/// (`TAPDISK_FAULTS=random:…`, debug builds), checked against a shadow model of the disk: every
+/// id answered exactly once with its operation echoed, every OKAY read returns what the model
+/// says, every OKAY write is in the image after detach, and no request waits forever. The
+/// frontend reads responses only when its notify eventfd fires.
+@Suite struct DaemonPropertyTests {
+    static let blocks = 2048  // 8 MiB of 4 KiB blocks
+    static let dataPages = 512
+    static let total = 2500
+
+    enum Expect: Equatable {
+        case undefined
+        case zeros
+        case content(UInt64)
+    }
+
+    struct Pending {
+        var op: UInt8
+        var firstBlock: Int
+        var blockCount: Int
+        var grefs: [UInt32]
+        var hashes: [UInt64]
+    }
+
+    @Test(arguments: [(UInt64(21), "report"), (22, "pause")])
+    func randomStreamAgainstShadowModel(seed: UInt64, policy: String) throws {
+        var environment = ProcessInfo.processInfo.environment
+        environment["TAPDISK_FAULTS"] = "random:\(seed):eagain=30:partial=50:short=60:zero=10:eio=20:enospc=20"
+        let image = try DaemonTest.image(bytes: Self.blocks * 4096)
+        defer { unlink(image) }
+        let daemon = try DaemonProcess(
+            image: image, arguments: ["--on-nospace", policy, "--on-error", policy, "--pause-timeout", "0"],
+            environment: environment)
+        let disk = try RemoteDisk(socketPath: daemon.socketPath, pageOrder: 2, dataPages: Self.dataPages)
+        let frontend = disk.frontend
+
+        var rng = SplitMix(seed: seed)
+        var model = [Expect](repeating: .zeros, count: Self.blocks)
+        var busy = [Bool](repeating: false, count: Self.blocks)
+        var freeGrefs = (0..<UInt32(Self.dataPages)).reversed().map { $0 }
+        var pending: [UInt64: Pending] = [:]
+        var answered = Set<UInt64>()
+        var sent = 0
+        var invalid = 0
+        var okayWrites = 0
+        var okayReads = 0
+        var resumes = 0
+        var quietWaits = 0
+        var unnotified = 0
+        var lastProgress = MonotonicClock.nanoseconds()
+
+        func makeRequest(id: UInt64) -> clibaio_blkif_request? {
+            let roll = rng.next() % 100
+            if roll >= 75 && roll < 86 {
+                let flush = roll < 83
+                pending[id] = Pending(op: flush ? 3 : 2, firstBlock: 0, blockCount: 0, grefs: [], hashes: [])
+                return flush ? BlkifRequest.flush(id: id) : BlkifRequest.barrier(id: id)
+            }
+            let count = Int(1 + rng.next() % 11)
+            let start = Int(rng.next() % UInt64(Self.blocks - count))
+            if (start..<(start + count)).contains(where: { busy[$0] }) { return nil }
+            if roll >= 94 {
+                invalid += 1
+                pending[id] = Pending(op: 0, firstBlock: -1, blockCount: 0, grefs: [], hashes: [])
+                return BlkifRequest.read(id: id, sector: UInt64(Self.blocks) * 8, segments: [BlkifSegment(gref: 0)])
+            }
+            for b in start..<(start + count) { busy[b] = true }
+            if roll >= 86 {
+                pending[id] = Pending(op: 5, firstBlock: start, blockCount: count, grefs: [], hashes: [])
+                return BlkifRequest.discard(id: id, sector: UInt64(start) * 8, sectors: UInt64(count) * 8)
+            }
+            let grefs = (0..<count).map { _ in freeGrefs.removeLast() }
+            let segments = grefs.map { BlkifSegment(gref: $0) }
+            if roll < 35 {
+                pending[id] = Pending(op: 0, firstBlock: start, blockCount: count, grefs: grefs, hashes: [])
+                return BlkifRequest.read(id: id, sector: UInt64(start) * 8, segments: segments)
+            }
+            var hashes: [UInt64] = []
+            for g in grefs {
+                Pattern.fill(frontend.page(g), bytes: 4096, seed: rng.next())
+                hashes.append(PropertyTests.hash(frontend.page(g), 4096))
+            }
+            pending[id] = Pending(op: 1, firstBlock: start, blockCount: count, grefs: grefs, hashes: hashes)
+            return BlkifRequest.write(id: id, sector: UInt64(start) * 8, segments: segments)
+        }
+
+        func absorb(_ r: FrontendRing.Response) {
+            guard answered.insert(r.id).inserted else {
+                Issue.record("id \(r.id) answered twice")
+                return
+            }
+            guard let p = pending.removeValue(forKey: r.id) else {
+                Issue.record("unknown id \(r.id)")
+                return
+            }
+            #expect(r.operation == p.op || (p.op == 0 && p.firstBlock < 0))
+            #expect(r.paddingIsZero)
+            #expect(r.status == 0 || r.status == -1)
+            let blocks = p.firstBlock..<max(p.firstBlock, p.firstBlock + p.blockCount)
+            switch (p.op, r.status) {
+            case (1, 0):
+                okayWrites += 1
+                for (i, b) in blocks.enumerated() { model[b] = .content(p.hashes[i]) }
+            case (1, _), (5, -1):
+                for b in blocks { model[b] = .undefined }
+            case (5, 0):
+                for b in blocks { model[b] = .zeros }
+            case (0, 0) where p.firstBlock >= 0:
+                okayReads += 1
+                for (i, b) in blocks.enumerated() {
+                    let got = PropertyTests.hash(frontend.page(p.grefs[i]), 4096)
+                    switch model[b] {
+                    case .content(let want): #expect(got == want, "read of block \(b)")
+                    case .zeros: #expect(got == PropertyTests.zeroHash, "read of zero block \(b)")
+                    case .undefined: break
+                    }
+                }
+            default: break
+            }
+            for b in blocks { busy[b] = false }
+            freeGrefs.append(contentsOf: p.grefs)
+        }
+
+        while answered.count < Self.total {
+            let depth = Int(1 + rng.next() % 64)
+            var produced = 0
+            while sent < Self.total && pending.count < depth && freeGrefs.count >= 11 && frontend.freeRequests > 0 {
+                guard let request = makeRequest(id: UInt64(sent + 1)) else { break }
+                frontend.enqueue(request)
+                sent += 1
+                produced += 1
+            }
+            if produced > 0 { frontend.push() }
+            if pending.isEmpty { continue }  // the blocks it drew were busy: draw again
+            let waitStart = MonotonicClock.nanoseconds()
+            guard disk.waitForResponses(timeoutMilliseconds: 50) else {
+                Issue.record("the daemon died: \(daemon.log)")
+                return
+            }
+            let timedOut = MonotonicClock.nanoseconds() - waitStart > 45_000_000
+            var got = 0
+            _ = frontend.reap { r in
+                got += 1
+                absorb(r)
+            }
+            if timedOut {
+                quietWaits += 1
+                if got > 0 { unnotified += 1 }
+            }
+            let now = MonotonicClock.nanoseconds()
+            if got > 0 || produced > 0 {
+                lastProgress = now
+                continue
+            }
+            guard now - lastProgress > 100_000_000 else { continue }
+            // Quiet for 0.1 s with requests outstanding: legitimate only while paused (a BARRIER
+            // behind held requests stays in flight until they are resumed or failed).
+            let status = try disk.control.call("status")
+            if status["state"]?.stringValue == "paused" {
+                _ = try disk.control.call("resume", ["fail-held": .bool(rng.next() % 4 == 0)])
+                resumes += 1
+                lastProgress = now
+            } else if now - lastProgress > 10_000_000_000 {
+                Issue.record("\(pending.count) requests unanswered for 10 s; status \(status)")
+                return
+            }
+        }
+        let stats = try DaemonTest.expectInvariant(disk.control)
+        #expect(stats["in-flight"] == 0 && stats["held"] == 0)
+        #expect(stats["invalid-requests"] == UInt64(invalid))
+        #expect(stats.consumed == UInt64(Self.total))
+        _ = try disk.detach()
+        for b in 0..<Self.blocks {
+            guard case .undefined = model[b] else {
+                let bytes = imageBlock(image, b)
+                let got = bytes.withUnsafeBytes { PropertyTests.hash($0.baseAddress!, 4096) }
+                let want =
+                    model[b] == .zeros
+                    ? PropertyTests.zeroHash : { if case .content(let h) = model[b] { h } else { 0 } }()
+                #expect(got == want, "image block \(b)")
+                continue
+            }
+        }
+        print(
+            "daemon property \(policy) seed \(seed): \(Self.total) requests, \(okayWrites) OKAY writes, \(okayReads) OKAY reads, \(invalid) invalid, errors \(stats["responses-error"]), short \(stats["short-completions"]), resubmitted \(stats["resubmitted-requests"]), resumes \(resumes), quiet waits \(quietWaits), unnotified \(unnotified)"
+        )
+        #expect(okayWrites > 200 && stats["responses-error"] > UInt64(invalid))
+        #expect(stats["short-completions"] > 10)
+        if policy == "pause" { #expect(stats["resubmitted-requests"] > 0) }
+    }
+
+    func imageBlock(_ path: String, _ block: Int) -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4096, off_t(block * 4096)) }
+        return n == 4096 ? buf : []
+    }
+}
