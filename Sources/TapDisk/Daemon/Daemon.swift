@@ -27,8 +27,10 @@ package final class Daemon {
     var logger: Logger
     private let poller: Poller
     private let listener: FileDescriptor
-    /// The socket file this process created and must remove at exit (nil under activation).
-    private let ownedSocketPath: String?
+    /// The socket file this process created and removes at exit if it is still the same file
+    /// (nil under activation).
+    private let ownedSocket: SocketFile?
+    private var ownedSocketPath: String? { ownedSocket?.path }
     private let timer: FileDescriptor
     private let signals: FileDescriptor
     private let notifier = SystemdNotifier()
@@ -49,11 +51,19 @@ package final class Daemon {
     private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
 
-    /// Opens the image and binds the socket. The socket comes last, so a daemon that fails to
-    /// start creates no socket file (§1).
+    /// Checks the socket path, opens the image and binds the socket. Every check that needs
+    /// nothing created runs before the image is opened, and the socket comes last, so a daemon
+    /// that fails to start creates no socket file (§1) and has not touched the image.
     package init(config: DaemonConfiguration, logger: Logger) throws(StartError) {
         self.config = config
         self.logger = logger
+        let activated = SystemdNotifier.activatedSocket(fd: 3, environment: SystemdNotifier.processEnvironment) != nil
+        if !activated {
+            guard let path = config.socketPath else {
+                throw StartError(description: "--socket PATH is required (or start under systemd socket activation)")
+            }
+            _ = try SocketFile.check(path)
+        }
         let image: Image
         do {
             image = try Image(path: config.imagePath, cache: config.cache, readOnly: config.readOnly)
@@ -70,16 +80,16 @@ package final class Daemon {
             throw StartError(description: "cannot set up the event loop: \(error)")
         }
         signal(SIGPIPE, SIG_IGN)
-        if let activated = SystemdNotifier.listenedSocket() {
-            listener = FileDescriptor(adopting: activated)
-            ownedSocketPath = nil
-            _ = fcntl(activated, F_SETFL, fcntl(activated, F_GETFL) | O_NONBLOCK)
+        if activated, let fd = SystemdNotifier.listenedSocket() {
+            listener = FileDescriptor(adopting: fd)
+            ownedSocket = nil
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         } else {
             guard let path = config.socketPath else {
                 throw StartError(description: "--socket PATH is required (or start under systemd socket activation)")
             }
             listener = try Self.listen(at: path)
-            ownedSocketPath = path
+            ownedSocket = SocketFile(boundAt: path)
         }
         do {
             try poller.add(engine.completionFD, token: Token.completions)
@@ -87,7 +97,7 @@ package final class Daemon {
             try poller.add(timer.rawValue, token: Token.timer)
             try poller.add(signals.rawValue, token: Token.signals)
         } catch {
-            if let ownedSocketPath { unlink(ownedSocketPath) }
+            ownedSocket?.removeIfStillOurs()
             throw StartError(description: "epoll: \(error)")
         }
         engine.onEvent = { [unowned self] event in self.engineEvent(event) }
@@ -99,21 +109,7 @@ package final class Daemon {
 
     /// Binds the control socket, replacing a stale socket file but never a live daemon's.
     private static func listen(at path: String) throws(StartError) -> FileDescriptor {
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else {
-                throw StartError(description: "\(path) exists and is not a socket")
-            }
-            let probe = clibaio_unix_connect(path)
-            if probe >= 0 {
-                close(probe)
-                throw StartError(description: "\(path): a live tapdiskd is already serving this socket")
-            }
-            guard -probe == ECONNREFUSED || -probe == ENOENT else {
-                throw StartError(description: "\(path): cannot probe the existing socket: \(Errno(rawValue: -probe))")
-            }
-            unlink(path)
-        }
+        if try SocketFile.check(path) == .stale { unlink(path) }
         let fd = clibaio_unix_listen(path, 64)
         guard fd >= 0 else { throw StartError(description: "cannot listen on \(path): \(Errno(rawValue: -fd))") }
         return FileDescriptor(adopting: fd)
@@ -138,7 +134,11 @@ package final class Daemon {
             settle()
         }
         _ = try? notifier.stopping()
-        if let ownedSocketPath { unlink(ownedSocketPath) }
+        if let ownedSocket, !ownedSocket.removeIfStillOurs() {
+            logger.warning(
+                "the socket path is no longer this daemon's socket file; left in place",
+                metadata: ["socket": "\(ownedSocket.path)"])
+        }
         logger.info("exiting", metadata: ["image": "\(config.imagePath)"])
         return 0
     }
