@@ -15,6 +15,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
@@ -373,6 +374,20 @@ static int fill_sockaddr(struct sockaddr_un *addr, const char *path) {
     if (strlen(path) >= sizeof(addr->sun_path)) return -ENAMETOOLONG;
     strcpy(addr->sun_path, path);
     return 0;
+}
+
+int clibaio_raise_nofile_limit(uint64_t *soft, uint64_t *hard) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -errno;
+    int rc = 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit raised = rl;
+        raised.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised; else rc = -errno;
+    }
+    *soft = (uint64_t)rl.rlim_cur;
+    *hard = (uint64_t)rl.rlim_max;
+    return rc;
 }
 
 int clibaio_unix_listen(const char *path, int backlog) {

@@ -169,6 +169,10 @@ int clibaio_signalfd_read(int fd);
 
 // MARK: - AF_UNIX SOCK_SEQPACKET
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit; *soft and *hard get the limits now in force.
+/// 0 or -errno.
+int clibaio_raise_nofile_limit(uint64_t *soft, uint64_t *hard);
+
 extern const int clibaio_MSG_TRUNC;
 extern const int clibaio_MSG_CTRUNC;
 

@@ -98,6 +98,8 @@ extension Daemon {
         var reasons = JSONObject()
         for r in Rejection.allCases { reasons.set(r.rawValue, .uint(engine.counters.rejections[r])) }
         counters.set("rejections", .object(reasons))
+        counters.set("control-connections-refused", .uint(admission.refusedOverLimit + admission.refusedNoDescriptors))
+        counters.set("fd-exhaustion-episodes", .uint(admission.exhaustionEpisodes))
         return counters
     }
 

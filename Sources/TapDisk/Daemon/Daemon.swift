@@ -37,6 +37,8 @@ package final class Daemon {
     private let startNanos = MonotonicClock.nanoseconds()
 
     var connections: [UInt64: ControlConnection] = [:]
+    /// The control connection limit, the reserve fd and the EMFILE back-off.
+    let admission: ConnectionAdmission
     private var nextToken = Token.firstConnection
     /// The connection that attached the current frontend.
     var owner: UInt64? = nil
@@ -57,6 +59,10 @@ package final class Daemon {
     package init(config: DaemonConfiguration, logger: Logger) throws(StartError) {
         self.config = config
         self.logger = logger
+        // Every fd the hard limit allows: control connections, attach fds and the reserve.
+        let files = ConnectionAdmission.raiseFileLimit()
+        logger.debug("file descriptor limit", metadata: ["soft": "\(files.soft)", "hard": "\(files.hard)"])
+        admission = ConnectionAdmission(limit: config.maxControlConnections)
         let activated = SystemdNotifier.activatedSocket(fd: 3, environment: SystemdNotifier.processEnvironment) != nil
         if !activated {
             guard let path = config.socketPath else {
@@ -242,6 +248,9 @@ package final class Daemon {
     private func periodic() {
         let now = MonotonicClock.nanoseconds()
         engine.tick(nowNanos: now)
+        if admission.shouldResumeListening(nowNanos: now) {
+            try? poller.add(listener.rawValue, token: Token.listener)
+        }
         checkLowSpace()
         if let interval = notifier.watchdogInterval {
             let half =
@@ -337,7 +346,22 @@ package final class Daemon {
     private func acceptConnections() {
         for _ in 0..<64 {
             let fd = clibaio_accept(listener.rawValue)
-            guard fd >= 0 else { return }
+            if fd < 0 {
+                if -fd == EMFILE || -fd == ENFILE { outOfFileDescriptors(Errno(rawValue: -fd)) }
+                if -fd == ECONNABORTED || -fd == EINTR { continue }
+                return
+            }
+            guard connections.count < admission.limit else {
+                if admission.refuseOverLimit(fd) {
+                    logger.warning(
+                        "control connection limit reached; refusing new connections with busy",
+                        metadata: ["limit": "\(admission.limit)"])
+                }
+                continue
+            }
+            if let refused = admission.admitted() {
+                logger.notice("file descriptors available again", metadata: ["refused": "\(refused)"])
+            }
             let token = nextToken
             nextToken += 1
             let connection = ControlConnection(fd: FileDescriptor(adopting: fd), token: token)
@@ -348,6 +372,23 @@ package final class Daemon {
             }
             connections[token] = connection
         }
+    }
+
+    /// accept failed with EMFILE/ENFILE: refuse what waits through the reserve fd, then stop
+    /// watching the listener until a later timer tick (`periodic`) instead of spinning on it.
+    private func outOfFileDescriptors(_ errno: Errno) {
+        if admission.beginExhaustion() {
+            logger.warning(
+                "out of file descriptors: refusing control connections and backing off",
+                metadata: [
+                    "errno": "\(errno.name)", "connections": "\(connections.count)",
+                    "reserve": "\(admission.hasReserve)",
+                ])
+        }
+        var refused = 0
+        while refused < 64, admission.refuseWithReserve(listener: listener.rawValue) { refused += 1 }
+        poller.remove(listener.rawValue)
+        admission.pauseListening(nowNanos: MonotonicClock.nanoseconds())
     }
 
     /// Reads and answers datagrams until the socket is empty or a reply must wait.
