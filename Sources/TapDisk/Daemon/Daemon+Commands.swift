@@ -51,7 +51,7 @@ extension Daemon {
     }
 
     func info() -> JSONObject {
-        let g = engine.image.geometry
+        let g = engine.geometry
         return [
             "protocol": 1,
             "image": .string(config.imagePath),

@@ -244,10 +244,12 @@ package final class Daemon {
         if engine.isAttached && engine.state != .closing { engine.beginDetach() }
     }
 
-    /// The 500 ms timer: pause timeout and auto-resume, low-space, watchdog, status.
+    /// The 500 ms timer: pause timeout and auto-resume, image size, listener back-off,
+    /// low-space, watchdog, status.
     private func periodic() {
         let now = MonotonicClock.nanoseconds()
         engine.tick(nowNanos: now)
+        checkImageSize()
         if admission.shouldResumeListening(nowNanos: now) {
             try? poller.add(listener.rawValue, token: Token.listener)
         }

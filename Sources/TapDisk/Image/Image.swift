@@ -169,6 +169,18 @@ package struct Image: ~Copyable {
         return rc == 0 ? nil : Errno(rawValue: -rc)
     }
 
+    /// The image's size now, in 512-byte sectors (rounded down), or nil when it cannot be read:
+    /// `fstat` for a file, `BLKGETSIZE64` for a block device. Cheap enough for every timer tick.
+    package func currentSectors() -> UInt64? {
+        if geometry.isBlockDevice {
+            var bytes: UInt64 = 0
+            return clibaio_blk_size_bytes(fd.rawValue, &bytes) == 0 ? bytes / 512 : nil
+        }
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { return nil }
+        return UInt64(st.st_size) / 512
+    }
+
     /// Free space on the filesystem holding a file image (`f_bavail * f_frsize`); nil for block
     /// devices or when statvfs fails.
     package func filesystemSpace() -> FilesystemSpace? {
