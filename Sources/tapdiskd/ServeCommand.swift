@@ -50,9 +50,12 @@ struct ServeCommand: ParsableCommand {
     var logLevel: String = "info"
 
     func validate() throws {
-        guard (0...8).contains(maxRingPageOrder) else { throw ValidationError("--max-ring-page-order must be 0...8") }
+        guard (0...8).contains(maxRingPageOrder) else {
+            throw ValidationError("invalid value \(maxRingPageOrder) for --max-ring-page-order: must be 0...8")
+        }
         guard (1...4096).contains(maxControlConnections) else {
-            throw ValidationError("--max-control-connections must be 1...4096")
+            throw ValidationError(
+                "invalid value \(maxControlConnections) for --max-control-connections: must be 1...4096")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: unknown level \(logLevel)")

@@ -17,8 +17,13 @@ struct TapdiskdCommand: ParsableCommand {
     /// Parses and runs, reporting a usage error as one line on stderr (toolstacks log stderr
     /// line by line; a multi-line usage dump would scatter one failure over many records).
     static func main() {
+        let arguments = ArgumentPreflight.attachingNegativeNumbers(Array(CommandLine.arguments.dropFirst()))
+        if let message = ArgumentPreflight.unknownSubcommand(arguments) {
+            printError("tapdiskd: \(message)")
+            Glibc.exit(ExitCode.validationFailure.rawValue)
+        }
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(arguments)
             try command.run()
         } catch let exit as ExitCode {
             Glibc.exit(exit.rawValue)
