@@ -80,6 +80,15 @@ import Testing
         let daemon = try DaemonProcess(
             image: image, arguments: ["--cache", "writeback"], launcher: ["prlimit", "--nofile=40"])
         defer { daemon.forceStop() }
+        // The fixture's start-up probe connection closes asynchronously; a slot it frees later
+        // would end the episode early, so let the daemon's fd table settle first.
+        var baseline = DaemonTest.fdCount(pid: daemon.pid)
+        DaemonTest.waitUntil(seconds: 3) {
+            usleep(100_000)
+            let now = DaemonTest.fdCount(pid: daemon.pid)
+            defer { baseline = now }
+            return now == baseline
+        }
         var held: [Int32] = []
         defer { for fd in held { close(fd) } }
         for _ in 0..<60 {
