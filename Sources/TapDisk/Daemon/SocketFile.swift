@@ -88,14 +88,20 @@ package struct SocketFile: Sendable, Equatable {
     }
 
     /// Who answers on a live SEQPACKET socket: a tapdiskd answers `info` with `protocol` 1 and
-    /// its image; anything else is only "something".
+    /// its image, or refuses it with a well-formed error (say `busy` at its connection limit);
+    /// anything else is only "something".
     static func describeListener(at path: String) -> String {
         if let client = try? ControlClient(socketPath: path),
-            let reply = try? client.request("info", timeoutMilliseconds: 1000),
-            reply["ok"] == .bool(true), reply["protocol"]?.int64Value == 1,
-            let image = reply["image"]?.stringValue
+            let reply = try? client.request("info", timeoutMilliseconds: 1000)
         {
-            return "a live tapdiskd is already serving this socket (image \(image))"
+            if reply["ok"] == .bool(true), reply["protocol"]?.int64Value == 1,
+                let image = reply["image"]?.stringValue
+            {
+                return "a live tapdiskd is already serving this socket (image \(image))"
+            }
+            if reply["ok"] == .bool(false), let code = reply["error"]?["code"]?.stringValue {
+                return "a live tapdiskd is already serving this socket (it refused info: \(code))"
+            }
         }
         return "something is already listening on this socket (it does not answer as tapdiskd); not replacing it"
     }

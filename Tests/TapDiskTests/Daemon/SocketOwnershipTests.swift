@@ -54,6 +54,27 @@ import Testing
         #expect(run.stderr.contains(first.imagePath))
     }
 
+    /// A tapdiskd at its connection limit refuses the probe with `busy`: still a live tapdiskd.
+    @Test func liveTapdiskdAtItsConnectionLimitIsStillNamed() throws {
+        let first = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--max-control-connections", "1"])
+        defer { first.forceStop() }
+        // The fixture's own probe connection may still hold the one slot: retry until admitted.
+        var holder: ControlClient? = nil
+        var admitted = false
+        DaemonTest.waitUntil(seconds: 5) {
+            holder = try? first.client()
+            admitted = (try? holder?.request("info"))??["ok"] == .bool(true)
+            return admitted
+        }
+        try #require(admitted)
+        let other = try DaemonTest.image(bytes: 1 << 20)
+        defer { unlink(other) }
+        let run = try Tapdiskd.run(["--image", other, "--socket", first.socketPath])
+        #expect(run.status == 1 && run.stderrLines.count == 1)
+        #expect(
+            run.stderr.contains("a live tapdiskd is already serving") && run.stderr.contains("busy"), "\(run.stderr)")
+    }
+
     /// A stream or datagram socket at the path: EPROTOTYPE by name and meaning, never "E91".
     @Test(arguments: [Int32(SOCK_STREAM.rawValue), Int32(SOCK_DGRAM.rawValue)])
     func socketOfAnotherTypeIsNamed(type: Int32) throws {
