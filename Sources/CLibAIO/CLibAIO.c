@@ -15,8 +15,10 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
@@ -124,6 +126,52 @@ int clibaio_open(const char *path, int flags, unsigned mode) {
 
 int clibaio_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : -errno;
+}
+
+int clibaio_probe_punch_hole_in(const char *directory) {
+    int fd = open(directory, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    int result = 1;
+    if (ftruncate(fd, 65536) != 0) {
+        result = -errno;
+    } else if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096) != 0) {
+        result = errno == EOPNOTSUPP ? 0 : -errno;
+    }
+    close(fd);
+    return result;
+}
+
+const int clibaio_O_EXCL = O_EXCL;
+
+int clibaio_fs_type(int fd, uint64_t *type) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return -errno;
+    *type = (uint64_t)(uint32_t)fs.f_type;
+    return 0;
+}
+
+static void whole_file_lock(struct flock *fl, int exclusive) {
+    memset(fl, 0, sizeof(*fl));
+    fl->l_type = exclusive ? F_WRLCK : F_RDLCK;
+    fl->l_whence = SEEK_SET;
+    fl->l_start = 0;
+    fl->l_len = 0;
+}
+
+int clibaio_ofd_lock(int fd, int exclusive) {
+    struct flock fl;
+    whole_file_lock(&fl, exclusive);
+    return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : -errno;
+}
+
+int clibaio_ofd_conflict(int fd, int exclusive, int *pid) {
+    struct flock fl;
+    whole_file_lock(&fl, exclusive);
+    *pid = 0;
+    if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return -errno;
+    if (fl.l_type == F_UNLCK) return 0;
+    *pid = fl.l_pid;
+    return fl.l_type == F_WRLCK ? 2 : 1;
 }
 
 int clibaio_dio_alignment(int fd, uint32_t *offset_align, uint32_t *mem_align) {
@@ -326,6 +374,20 @@ static int fill_sockaddr(struct sockaddr_un *addr, const char *path) {
     if (strlen(path) >= sizeof(addr->sun_path)) return -ENAMETOOLONG;
     strcpy(addr->sun_path, path);
     return 0;
+}
+
+int clibaio_raise_nofile_limit(uint64_t *soft, uint64_t *hard) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -errno;
+    int rc = 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit raised = rl;
+        raised.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised; else rc = -errno;
+    }
+    *soft = (uint64_t)rl.rlim_cur;
+    *hard = (uint64_t)rl.rlim_max;
+    return rc;
 }
 
 int clibaio_unix_listen(const char *path, int backlog) {

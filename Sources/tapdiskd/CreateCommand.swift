@@ -18,13 +18,26 @@ struct CreateCommand: ParsableCommand {
     @Option(help: "off (sparse), falloc (posix_fallocate) or full (write zeros).")
     var preallocate: ImageCreator.Preallocation = .off
 
+    /// A size that does not parse, or that no image can have, is a usage error (64) like any
+    /// other bad option value, whether it is `lots`, `-1` or `0`; exit 1 is kept for failures
+    /// of the creation itself (the file exists, no space).
+    func validate() throws {
+        do {
+            try ImageCreator.validate(sizeBytes: try ByteSize.parse(size))
+        } catch let e as ByteSize.ParseError {
+            throw ValidationError("--size: \(e.message)")
+        } catch let e as ImageCreator.Failure {
+            throw ValidationError("--size: \(e.message)")
+        }
+    }
+
     func run() throws {
         let bytes: UInt64
         do {
             bytes = try ByteSize.parse(size)
         } catch {
             printError("tapdiskd: --size: \(error.message)")
-            throw ExitCode(1)
+            throw ExitCode(64)
         }
         do {
             try ImageCreator.create(path: path, sizeBytes: bytes, preallocation: preallocate)

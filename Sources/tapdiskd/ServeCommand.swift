@@ -41,11 +41,22 @@ struct ServeCommand: ParsableCommand {
         help: "Emit low-space when the image's filesystem has less free: BYTES[K|M|G|T] or N%.")
     var lowSpaceThreshold: String?
 
+    @Option(
+        name: .customLong("max-control-connections"),
+        help: "Control connections open at once (1...4096); one more is refused with a busy error.")
+    var maxControlConnections: Int = 64
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
     func validate() throws {
-        guard (0...8).contains(maxRingPageOrder) else { throw ValidationError("--max-ring-page-order must be 0...8") }
+        guard (0...8).contains(maxRingPageOrder) else {
+            throw ValidationError("invalid value \(maxRingPageOrder) for --max-ring-page-order: must be 0...8")
+        }
+        guard (1...4096).contains(maxControlConnections) else {
+            throw ValidationError(
+                "invalid value \(maxControlConnections) for --max-control-connections: must be 1...4096")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: unknown level \(logLevel)")
         }
@@ -68,6 +79,7 @@ struct ServeCommand: ParsableCommand {
         config.cache = cache
         config.policy = FailurePolicy(onNospace: onNospace, onError: onError, pauseTimeoutSeconds: pauseTimeout)
         config.maxRingPageOrder = maxRingPageOrder
+        config.maxControlConnections = maxControlConnections
         config.lowSpaceThreshold = try lowSpaceThreshold.map { try LowSpaceThreshold.parse($0) }
         let daemon: Daemon
         do {

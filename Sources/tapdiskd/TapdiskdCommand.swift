@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import TapDisk
 
 /// `tapdiskd`: serving a disk is the default subcommand, so a toolstack runs
 /// `tapdiskd --image PATH --socket PATH` directly.
@@ -16,8 +17,13 @@ struct TapdiskdCommand: ParsableCommand {
     /// Parses and runs, reporting a usage error as one line on stderr (toolstacks log stderr
     /// line by line; a multi-line usage dump would scatter one failure over many records).
     static func main() {
+        let arguments = ArgumentPreflight.attachingNegativeNumbers(Array(CommandLine.arguments.dropFirst()))
+        if let message = ArgumentPreflight.unknownSubcommand(arguments) {
+            printError("tapdiskd: \(message)")
+            Glibc.exit(ExitCode.validationFailure.rawValue)
+        }
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(arguments)
             try command.run()
         } catch let exit as ExitCode {
             Glibc.exit(exit.rawValue)
@@ -42,9 +48,10 @@ struct ReportedFailure: Error, CustomStringConvertible {
 }
 
 /// One line to stderr with a single write(2), so concurrent writers never interleave it.
+/// Control characters are escaped, so a path holding a newline cannot split the line in two.
 func printError(_ line: String) {
-    var text = line
-    if !text.hasSuffix("\n") { text += "\n" }
+    var text = (line.hasSuffix("\n") ? String(line.dropLast()) : line).escapedForOneLine
+    text += "\n"
     _ = text.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
 }
 

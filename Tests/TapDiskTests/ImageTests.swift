@@ -35,15 +35,41 @@ import Testing
     }
 
     @Test func geometryOfAFile() throws {
-        let path = try EngineHarness.makeTemporaryImage(bytes: (1 << 20) + 700)
+        let path = try EngineHarness.makeTemporaryImage(bytes: (1 << 20) + 512)
         defer { unlink(path) }
         let image = try Image(path: path, cache: .writeback, readOnly: true)
-        #expect(image.geometry.sectors == 2049)  // rounded down
+        #expect(image.geometry.sectors == 2049)
         #expect(image.geometry.sectorSize == 512)
         #expect(image.geometry.physicalSectorSize >= 512)
         #expect(!image.geometry.isBlockDevice)
-        #expect(image.geometry.discard)  // probed through a temporary writable fd
+        #expect(image.geometry.discard)  // probed on a temporary file, not on the image
         let readOnly = image.readOnly
         #expect(readOnly)
+    }
+
+    /// Sizes that are no disk are refused rather than rounded (issue 11, item 5).
+    @Test func emptyAndPartialSectorFilesAreRefused() throws {
+        for bytes in [0, 1000, (1 << 20) + 700] {
+            let path = try EngineHarness.makeTemporaryImage(bytes: bytes)
+            defer { unlink(path) }
+            switch openError(path, cache: .writeback) {
+            case .empty: #expect(bytes == 0)
+            case .partialSector(_, let size): #expect(size == UInt64(bytes))
+            default: Issue.record("\(bytes) bytes were not refused")
+            }
+        }
+    }
+
+    /// OFD locks: two read-write opens of one image conflict even within one process.
+    @Test func secondReadWriteOpenIsRefusedAsLocked() throws {
+        let path = try EngineHarness.makeTemporaryImage(bytes: 1 << 20)
+        defer { unlink(path) }
+        let first = try Image(path: path, cache: .writeback)
+        guard case .locked(_, let conflict) = openError(path, cache: .writeback) else {
+            Issue.record("a second writer was not refused")
+            return
+        }
+        #expect(conflict.contains("read-write user"))
+        _ = first.path
     }
 }

@@ -102,6 +102,20 @@ int clibaio_blk_physical_sector_size(int fd, uint32_t *size);
 int clibaio_blk_discard(int fd, uint64_t offset, uint64_t length);
 /// posix_fallocate: 0 or -errno (posix_fallocate returns the error, it does not set errno).
 int clibaio_posix_fallocate(int fd, int64_t offset, int64_t length);
+/// Whether the filesystem holding `directory` can punch holes, asked of an unnamed O_TMPFILE
+/// there (never of the image, whose mtime/ctime a punch changes even past EOF): 1 yes, 0 no
+/// (EOPNOTSUPP), -errno when no temporary file can be made there.
+int clibaio_probe_punch_hole_in(const char *directory);
+/// F_OFD_SETLK over the whole file: a write lock when `exclusive`, else a read lock. 0, or -errno
+/// (-EAGAIN/-EACCES when another open file description holds a conflicting lock).
+int clibaio_ofd_lock(int fd, int exclusive);
+/// F_OFD_GETLK over the whole file: 1 when a shared (read) lock would conflict, 2 when an
+/// exclusive (write) lock would, 0 when none, or -errno. `*pid` gets l_pid (-1 for OFD locks,
+/// the owner's pid for a classic POSIX lock).
+int clibaio_ofd_conflict(int fd, int exclusive, int *pid);
+extern const int clibaio_O_EXCL;
+/// fstatfs f_type (the filesystem's magic number) in *type: 0 or -errno.
+int clibaio_fs_type(int fd, uint64_t *type);
 
 // MARK: - memfd and seals
 
@@ -154,6 +168,10 @@ int clibaio_signalfd(const int *signals, int count);
 int clibaio_signalfd_read(int fd);
 
 // MARK: - AF_UNIX SOCK_SEQPACKET
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; *soft and *hard get the limits now in force.
+/// 0 or -errno.
+int clibaio_raise_nofile_limit(uint64_t *soft, uint64_t *hard);
 
 extern const int clibaio_MSG_TRUNC;
 extern const int clibaio_MSG_CTRUNC;

@@ -107,7 +107,18 @@ package final class ControlClient {
         object.set("tag", .int(nextTag))
         nextTag += 1
         object.merge(arguments)
-        try sendRaw(JSONWriter.serialize(.object(object)), fds: fds)
+        do {
+            try sendRaw(JSONWriter.serialize(.object(object)), fds: fds)
+        } catch {
+            // A daemon that refused this connection (too many connections, out of fds) may have
+            // answered and closed before the request went out: its reply is still queued here.
+            if case .system(let e) = error, e.rawValue == EPIPE || e.rawValue == ECONNRESET,
+                let queued = try? receive(timeoutMilliseconds: 0), queued["event"] == nil
+            {
+                return queued
+            }
+            throw error
+        }
         return try receiveReply(timeoutMilliseconds: timeoutMilliseconds)
     }
 

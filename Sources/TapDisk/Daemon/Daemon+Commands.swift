@@ -51,7 +51,7 @@ extension Daemon {
     }
 
     func info() -> JSONObject {
-        let g = engine.image.geometry
+        let g = engine.geometry
         return [
             "protocol": 1,
             "image": .string(config.imagePath),
@@ -98,6 +98,8 @@ extension Daemon {
         var reasons = JSONObject()
         for r in Rejection.allCases { reasons.set(r.rawValue, .uint(engine.counters.rejections[r])) }
         counters.set("rejections", .object(reasons))
+        counters.set("control-connections-refused", .uint(admission.refusedOverLimit + admission.refusedNoDescriptors))
+        counters.set("fd-exhaustion-episodes", .uint(admission.exhaustionEpisodes))
         return counters
     }
 

@@ -26,14 +26,18 @@ package final class Daemon: DiskLoopHost {
     var logger: Logger
     private let loop: DiskLoop
     private let listener: FileDescriptor
-    /// The socket file this process created and must remove at exit (nil under activation).
-    private let ownedSocketPath: String?
+    /// The socket file this process created and removes at exit if it is still the same file
+    /// (nil under activation).
+    private let ownedSocket: SocketFile?
+    private var ownedSocketPath: String? { ownedSocket?.path }
     private let timer: FileDescriptor
     private let signals: FileDescriptor
     private let notifier = SystemdNotifier()
     private let startNanos = MonotonicClock.nanoseconds()
 
     var connections: [UInt64: ControlConnection] = [:]
+    /// The control connection limit, the reserve fd and the EMFILE back-off.
+    let admission: ConnectionAdmission
     private var nextToken = Token.firstConnection
     /// The connection that attached the current frontend.
     var owner: UInt64? = nil
@@ -46,11 +50,23 @@ package final class Daemon: DiskLoopHost {
     private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
 
-    /// Opens the image and binds the socket. The socket comes last, so a daemon that fails to
-    /// start creates no socket file (§1).
+    /// Checks the socket path, opens the image and binds the socket. Every check that needs
+    /// nothing created runs before the image is opened, and the socket comes last, so a daemon
+    /// that fails to start creates no socket file (§1) and has not touched the image.
     package init(config: DaemonConfiguration, logger: Logger) throws(StartError) {
         self.config = config
         self.logger = logger
+        // Every fd the hard limit allows: control connections, attach fds and the reserve.
+        let files = ConnectionAdmission.raiseFileLimit()
+        logger.debug("file descriptor limit", metadata: ["soft": "\(files.soft)", "hard": "\(files.hard)"])
+        admission = ConnectionAdmission(limit: config.maxControlConnections)
+        let activated = SystemdNotifier.activatedSocket(fd: 3, environment: SystemdNotifier.processEnvironment) != nil
+        if !activated {
+            guard let path = config.socketPath else {
+                throw StartError(description: "--socket PATH is required (or start under systemd socket activation)")
+            }
+            _ = try SocketFile.check(path)
+        }
         let image: Image
         do {
             image = try Image(path: config.imagePath, cache: config.cache, readOnly: config.readOnly)
@@ -83,23 +99,23 @@ package final class Daemon: DiskLoopHost {
             }
         #endif
         signal(SIGPIPE, SIG_IGN)
-        if let activated = SystemdNotifier.listenedSocket() {
-            listener = FileDescriptor(adopting: activated)
-            ownedSocketPath = nil
-            _ = fcntl(activated, F_SETFL, fcntl(activated, F_GETFL) | O_NONBLOCK)
+        if activated, let fd = SystemdNotifier.listenedSocket() {
+            listener = FileDescriptor(adopting: fd)
+            ownedSocket = nil
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         } else {
             guard let path = config.socketPath else {
                 throw StartError(description: "--socket PATH is required (or start under systemd socket activation)")
             }
             listener = try Self.listen(at: path)
-            ownedSocketPath = path
+            ownedSocket = SocketFile(boundAt: path)
         }
         do {
             try loop.add(listener.rawValue, token: Token.listener)
             try loop.add(timer.rawValue, token: Token.timer)
             try loop.add(signals.rawValue, token: Token.signals)
         } catch {
-            if let ownedSocketPath { unlink(ownedSocketPath) }
+            ownedSocket?.removeIfStillOurs()
             throw StartError(description: "epoll: \(error)")
         }
         engine.onEvent = { [unowned self] event in self.engineEvent(event) }
@@ -111,21 +127,7 @@ package final class Daemon: DiskLoopHost {
 
     /// Binds the control socket, replacing a stale socket file but never a live daemon's.
     private static func listen(at path: String) throws(StartError) -> FileDescriptor {
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else {
-                throw StartError(description: "\(path) exists and is not a socket")
-            }
-            let probe = clibaio_unix_connect(path)
-            if probe >= 0 {
-                close(probe)
-                throw StartError(description: "\(path): a live tapdiskd is already serving this socket")
-            }
-            guard -probe == ECONNREFUSED || -probe == ENOENT else {
-                throw StartError(description: "\(path): cannot probe the existing socket: \(Errno(rawValue: -probe))")
-            }
-            unlink(path)
-        }
+        if try SocketFile.check(path) == .stale { unlink(path) }
         let fd = clibaio_unix_listen(path, 64)
         guard fd >= 0 else { throw StartError(description: "cannot listen on \(path): \(Errno(rawValue: -fd))") }
         return FileDescriptor(adopting: fd)
@@ -147,7 +149,11 @@ package final class Daemon: DiskLoopHost {
             loop.step(self)
         }
         _ = try? notifier.stopping()
-        if let ownedSocketPath { unlink(ownedSocketPath) }
+        if let ownedSocket, !ownedSocket.removeIfStillOurs() {
+            logger.warning(
+                "the socket path is no longer this daemon's socket file; left in place",
+                metadata: ["socket": "\(ownedSocket.path)"])
+        }
         logger.info("exiting", metadata: ["image": "\(config.imagePath)"])
         return 0
     }
@@ -243,10 +249,15 @@ package final class Daemon: DiskLoopHost {
         if engine.isAttached && engine.state != .closing { engine.beginDetach() }
     }
 
-    /// The 500 ms timer: pause timeout and auto-resume, low-space, watchdog, status.
+    /// The 500 ms timer: pause timeout and auto-resume, image size, listener back-off,
+    /// low-space, watchdog, status.
     private func periodic() {
         let now = MonotonicClock.nanoseconds()
         engine.tick(nowNanos: now)
+        checkImageSize()
+        if admission.shouldResumeListening(nowNanos: now) {
+            try? poller.add(listener.rawValue, token: Token.listener)
+        }
         checkLowSpace()
         if let interval = notifier.watchdogInterval {
             let half =
@@ -342,7 +353,22 @@ package final class Daemon: DiskLoopHost {
     private func acceptConnections() {
         for _ in 0..<64 {
             let fd = clibaio_accept(listener.rawValue)
-            guard fd >= 0 else { return }
+            if fd < 0 {
+                if -fd == EMFILE || -fd == ENFILE { outOfFileDescriptors(Errno(rawValue: -fd)) }
+                if -fd == ECONNABORTED || -fd == EINTR { continue }
+                return
+            }
+            guard connections.count < admission.limit else {
+                if admission.refuseOverLimit(fd) {
+                    logger.warning(
+                        "control connection limit reached; refusing new connections with busy",
+                        metadata: ["limit": "\(admission.limit)"])
+                }
+                continue
+            }
+            if let refused = admission.admitted() {
+                logger.notice("file descriptors available again", metadata: ["refused": "\(refused)"])
+            }
             let token = nextToken
             nextToken += 1
             let connection = ControlConnection(fd: FileDescriptor(adopting: fd), token: token)
@@ -353,6 +379,23 @@ package final class Daemon: DiskLoopHost {
             }
             connections[token] = connection
         }
+    }
+
+    /// accept failed with EMFILE/ENFILE: refuse what waits through the reserve fd, then stop
+    /// watching the listener until a later timer tick (`periodic`) instead of spinning on it.
+    private func outOfFileDescriptors(_ errno: Errno) {
+        if admission.beginExhaustion() {
+            logger.warning(
+                "out of file descriptors: refusing control connections and backing off",
+                metadata: [
+                    "errno": "\(errno.name)", "connections": "\(connections.count)",
+                    "reserve": "\(admission.hasReserve)",
+                ])
+        }
+        var refused = 0
+        while refused < 64, admission.refuseWithReserve(listener: listener.rawValue) { refused += 1 }
+        poller.remove(listener.rawValue)
+        admission.pauseListening(nowNanos: MonotonicClock.nanoseconds())
     }
 
     /// Reads and answers datagrams until the socket is empty or a reply must wait.

@@ -8,6 +8,8 @@ package struct DaemonConfiguration: Sendable {
     package var policy = FailurePolicy()
     package var maxRingPageOrder = 4
     package var lowSpaceThreshold: LowSpaceThreshold? = nil
+    /// Control connections open at once; one more is refused with `busy` (issue 11).
+    package var maxControlConnections = 64
 
     package init(imagePath: String, socketPath: String?) {
         self.imagePath = imagePath

@@ -28,7 +28,8 @@ package final class Engine {
     @exclusivity(unchecked) private var table = RequestTable(capacity: 0)
     @exclusivity(unchecked) package private(set) var isAttached = false
     @exclusivity(unchecked) private var ring = BackendRing.detached
-    @exclusivity(unchecked) private var validator = RequestValidator(
+    /// Internal (not private) so `Engine+Resize.swift` can bound it by a new size.
+    @exclusivity(unchecked) var validator = RequestValidator(
         dataPages: 0, sectors: 0, blockSectors: 1, readOnly: true, discardSupported: false)
     @exclusivity(unchecked) private var dataBase = UnsafeMutableRawPointer(bitPattern: 0x1000)!
     @exclusivity(unchecked) private var notifyFD: Int32 = -1
@@ -41,6 +42,9 @@ package final class Engine {
     @exclusivity(unchecked) private var barrierIndex: Int? = nil
     /// Submission hit EAGAIN: retry after completions or a short sleep.
     @exclusivity(unchecked) package private(set) var submitBackoff = false
+    /// The disk as served now: the image's geometry at open, with `sectors` updated by
+    /// `updateGeometry(sectors:)` when the image is resized underneath (Engine+Resize.swift).
+    package internal(set) var geometry: ImageGeometry
     /// When the current nospace/io-error pause began, and the free space then (auto-resume).
     private var pauseStartedNanos: UInt64 = 0
     private var pauseFreeBytes: UInt64? = nil
@@ -51,6 +55,7 @@ package final class Engine {
         precondition(maxRingPageOrder >= 0 && maxRingPageOrder <= RingLayout.maxPageOrder)
         // One iocb per outstanding request at most, so the largest ring bounds the context.
         aio = try AIOContext(capacity: Int32(RingLayout.entries(pageOrder: maxRingPageOrder)))
+        geometry = image.geometry
         self.image = image
         self.policy = policy
         self.maxRingPageOrder = maxRingPageOrder
@@ -98,7 +103,7 @@ package final class Engine {
         if newRing.header.reqProd &- newRing.header.rspProd > newRing.entries { throw .ringState }
         ring = newRing
         validator = RequestValidator(
-            dataPages: UInt32(newAttachment.dataPages), geometry: image.geometry, readOnly: image.readOnly)
+            dataPages: UInt32(newAttachment.dataPages), geometry: geometry, readOnly: image.readOnly)
         dataBase = base + (1 << newAttachment.pageOrder) * RingLayout.pageSize
         notifyFD = newAttachment.notify.rawValue
         kickFD = newAttachment.kick.rawValue

@@ -18,6 +18,15 @@ package struct Image: ~Copyable {
         case directIOUnsupported(String)
         case notFileOrBlockDevice(String)
         case unsupportedSectorSize(UInt32)
+        /// Another user holds a conflicting lock (`ImageLock`): the path and the conflict.
+        case locked(String, String)
+        /// `O_EXCL` on a read-write block device failed with EBUSY: mounted, held by
+        /// device-mapper/md/LVM, or opened exclusively by another process.
+        case blockDeviceInUse(String)
+        /// A 0-byte file: a disk with no sectors is always a mistake (a failed copy, a typo).
+        case empty(String)
+        /// A file whose size is not a multiple of 512: the tail could be neither read nor written.
+        case partialSector(String, UInt64)
 
         package var description: String {
             switch self {
@@ -26,6 +35,12 @@ package struct Image: ~Copyable {
                 "\(p): the filesystem refuses O_DIRECT; use --cache writeback (or writethrough)"
             case .notFileOrBlockDevice(let p): "\(p): not a regular file or block device"
             case .unsupportedSectorSize(let s): "logical sector size \(s) is not a power of two between 512 and 4096"
+            case .locked(let p, let conflict): "\(p) is locked: \(conflict)"
+            case .blockDeviceInUse(let p):
+                "\(p): the block device is in use (mounted, held by device-mapper, md or LVM, or opened exclusively by another process: EBUSY); refusing to serve it read-write"
+            case .empty(let p): "\(p): the image is empty (0 bytes); refusing to serve a disk with no sectors"
+            case .partialSector(let p, let size):
+                "\(p): the image size \(size) is not a multiple of 512 bytes; its last \(size % 512) bytes could never be read or written. Resize it to a whole number of sectors (truncate -s \((size + 511) / 512 * 512) \(p)) or serve a copy"
             }
         }
     }
@@ -42,7 +57,11 @@ package struct Image: ~Copyable {
         {
             throw .notFileOrBlockDevice(path)
         }
-        let access = readOnly ? O_RDONLY : O_RDWR
+        // A read-write block device is opened O_EXCL: the kernel then refuses it while it is
+        // mounted, claimed by device-mapper/md, or opened O_EXCL by another user, none of which
+        // takes our advisory lock. Read-only users may share the device, so they do not claim it.
+        let claimDevice = !readOnly && pathStat.st_mode & S_IFMT == S_IFBLK
+        let access = (readOnly ? O_RDONLY : O_RDWR) | (claimDevice ? clibaio_O_EXCL : 0)
         let opened: FileDescriptor
         do {
             opened = try FileDescriptor.open(path, flags: access | cache.openFlags)
@@ -50,8 +69,10 @@ package struct Image: ~Copyable {
             if error.rawValue == EINVAL && cache.usesDirectIO {
                 throw .directIOUnsupported(path)
             }
+            if error.rawValue == EBUSY && claimDevice { throw .blockDeviceInUse(path) }
             throw .system(error, "cannot open \(path)")
         }
+        try ImageLock.acquire(opened, path: path, readOnly: readOnly)
         var st = stat()
         guard fstat(opened.rawValue, &st) == 0 else { throw .system(Errno.current, "fstat \(path)") }
         let kind = st.st_mode & S_IFMT
@@ -60,8 +81,10 @@ package struct Image: ~Copyable {
             if kind == S_IFBLK {
                 geometry = try Self.blockDeviceGeometry(opened)
             } else if kind == S_IFREG {
+                if st.st_size == 0 { throw OpenError.empty(path) }
+                if st.st_size % 512 != 0 { throw OpenError.partialSector(path, UInt64(st.st_size)) }
                 geometry = try Self.fileGeometry(
-                    opened, path: path, size: UInt64(st.st_size), cache: cache, readOnly: readOnly)
+                    opened, path: path, size: UInt64(st.st_size), cache: cache)
             } else {
                 throw OpenError.notFileOrBlockDevice(path)
             }
@@ -99,7 +122,7 @@ package struct Image: ~Copyable {
     }
 
     private static func fileGeometry(
-        _ fd: borrowing FileDescriptor, path: String, size: UInt64, cache: CacheMode, readOnly: Bool
+        _ fd: borrowing FileDescriptor, path: String, size: UInt64, cache: CacheMode
     ) throws(OpenError) -> ImageGeometry {
         var sectorSize: UInt32 = 512
         if cache.usesDirectIO {
@@ -112,24 +135,11 @@ package struct Image: ~Copyable {
         var vfs = statvfs()
         guard fstatvfs(fd.rawValue, &vfs) == 0 else { throw .system(Errno.current, "statvfs \(path)") }
         let fsBlock = UInt32(clamping: vfs.f_bsize)
-        let discard = probePunchHole(fd, path: path, size: size, readOnly: readOnly)
+        // Asked of a temporary file next to the image, never of the image (DiscardProbe).
+        let discard = DiscardProbe.supportsPunchHole(imageFD: fd.rawValue, path: path).supported
         return ImageGeometry(
             sectors: size / 512, sectorSize: sectorSize, physicalSectorSize: max(fsBlock, sectorSize),
             isBlockDevice: false, discard: discard, discardGranularity: discard ? max(fsBlock, sectorSize) : 0)
-    }
-
-    /// Whether the filesystem can punch holes: a punch past EOF with KEEP_SIZE changes nothing
-    /// but fails with EOPNOTSUPP where unsupported. A read-only disk probes through a temporary
-    /// writable fd when it may, because `discard` is advertised independent of `--readonly`.
-    private static func probePunchHole(_ fd: borrowing FileDescriptor, path: String, size: UInt64, readOnly: Bool)
-        -> Bool
-    {
-        let offset = Int64(clamping: size) + 4096
-        if !readOnly {
-            return clibaio_punch_hole(fd.rawValue, offset, 4096) == 0
-        }
-        guard let probe = try? FileDescriptor.open(path, flags: O_WRONLY) else { return false }
-        return clibaio_punch_hole(probe.rawValue, offset, 4096) == 0
     }
 
     private static func sysfsQueue(_ fd: borrowing FileDescriptor) -> String? {
@@ -157,6 +167,18 @@ package struct Image: ~Copyable {
     package func punchHole(offset: Int64, length: Int64) -> Errno? {
         let rc = clibaio_punch_hole(fd.rawValue, offset, length)
         return rc == 0 ? nil : Errno(rawValue: -rc)
+    }
+
+    /// The image's size now, in 512-byte sectors (rounded down), or nil when it cannot be read:
+    /// `fstat` for a file, `BLKGETSIZE64` for a block device. Cheap enough for every timer tick.
+    package func currentSectors() -> UInt64? {
+        if geometry.isBlockDevice {
+            var bytes: UInt64 = 0
+            return clibaio_blk_size_bytes(fd.rawValue, &bytes) == 0 ? bytes / 512 : nil
+        }
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { return nil }
+        return UInt64(st.st_size) / 512
     }
 
     /// Free space on the filesystem holding a file image (`f_bavail * f_frsize`); nil for block

@@ -42,18 +42,7 @@ package enum ImageCreator {
     ///   `EFBIG` for a size beyond `off_t`, `EEXIST` when `path` exists, otherwise the errno of the
     ///   failing call (`ENOSPC`, `EDQUOT`, `EIO`, ...); in those cases the file has been removed.
     package static func create(path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(Failure) {
-        guard sizeBytes > 0 else {
-            throw Failure(
-                errno: Errno(rawValue: EINVAL), message: "invalid size 0: an image needs at least one 512-byte sector")
-        }
-        guard sizeBytes % 512 == 0 else {
-            throw Failure(
-                errno: Errno(rawValue: EINVAL),
-                message: "invalid size \(sizeBytes): must be a multiple of 512 bytes (the sector size)")
-        }
-        guard sizeBytes <= UInt64(Int64.max) else {
-            throw Failure(errno: Errno(rawValue: EFBIG), message: "invalid size \(sizeBytes): too large for a file")
-        }
+        try validate(sizeBytes: sizeBytes)
 
         // O_RDWR, not O_WRONLY: glibc's posix_fallocate emulation (filesystems without
         // fallocate) reads each block before writing it.
@@ -90,6 +79,24 @@ package enum ImageCreator {
             removeAndSyncDirectory(path)
             throw Failure(
                 errno: error, message: "cannot fsync the directory of \(path): \(error); the file was removed")
+        }
+    }
+
+    /// The size checks of `create`, for callers that judge a size before touching anything
+    /// (the command line reports a bad `--size` as a usage error): `EINVAL` for zero or a size
+    /// that is not a multiple of 512, `EFBIG` beyond `off_t`.
+    package static func validate(sizeBytes: UInt64) throws(Failure) {
+        guard sizeBytes > 0 else {
+            throw Failure(
+                errno: Errno(rawValue: EINVAL), message: "invalid size 0: an image needs at least one 512-byte sector")
+        }
+        guard sizeBytes % 512 == 0 else {
+            throw Failure(
+                errno: Errno(rawValue: EINVAL),
+                message: "invalid size \(sizeBytes): must be a multiple of 512 bytes (the sector size)")
+        }
+        guard sizeBytes <= UInt64(Int64.max) else {
+            throw Failure(errno: Errno(rawValue: EFBIG), message: "invalid size \(sizeBytes): too large for a file")
         }
     }
 

@@ -35,15 +35,25 @@ final class DaemonProcess: @unchecked Sendable {
     }
 
     /// Starts `tapdiskd --image IMAGE --socket DIR/disk.sock ARGS` and waits until it answers.
-    init(image: String, arguments: [String] = [], directory: String? = nil, environment: [String: String]? = nil) throws
-    {
+    /// `launcher` runs in front of the binary and must exec it (e.g. `["prlimit", "--nofile=40"]`),
+    /// so the process id stays the daemon's.
+    init(
+        image: String, arguments: [String] = [], directory: String? = nil, environment: [String: String]? = nil,
+        launcher: [String] = []
+    ) throws {
         self.directory = directory ?? Self.makeDirectory()
         imagePath = image
         socketPath = self.directory + "/disk.sock"
         logPath = self.directory + "/daemon.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["--image", image, "--socket", socketPath, "--log-level", "debug"] + arguments
+        let daemonArguments = ["--image", image, "--socket", socketPath, "--log-level", "debug"] + arguments
+        if let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: Shell.which(first) ?? first)
+            process.arguments = Array(launcher.dropFirst()) + [Self.binary] + daemonArguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = daemonArguments
+        }
         process.standardError = FileHandle(forWritingAtPath: logPath)
         process.standardOutput = FileHandle(forWritingAtPath: logPath)
         if let environment { process.environment = environment }

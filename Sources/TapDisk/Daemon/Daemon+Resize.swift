@@ -1,0 +1,26 @@
+import Logging
+
+/// Noticing that the image changed size while served (issue 11, item 6).
+extension Daemon {
+    /// Called from the 500 ms timer: compares the image's size with the served geometry. On a
+    /// change the engine serves the new size (`Engine.updateGeometry`), `info` reports it, an
+    /// `image-resized` event goes to subscribers and the log says so: a warning for a shrink,
+    /// because data beyond the new end is gone and the guest may still think it is there.
+    func checkImageSize() {
+        guard let now = engine.image.currentSectors() else { return }
+        let old = engine.geometry.sectors
+        guard now != old else { return }
+        engine.updateGeometry(sectors: now)
+        let metadata: Logger.Metadata = [
+            "image": "\(config.imagePath)", "old-sectors": "\(old)", "new-sectors": "\(now)",
+        ]
+        if now < old {
+            logger.warning("image shrank: requests beyond the new end are answered ERROR", metadata: metadata)
+        } else {
+            logger.notice("image grew: the new size is served", metadata: metadata)
+        }
+        broadcast(
+            event: "image-resized",
+            ["old-sectors": .uint(old), "new-sectors": .uint(now), "shrunk": .bool(now < old)])
+    }
+}

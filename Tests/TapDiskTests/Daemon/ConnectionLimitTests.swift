@@ -1,0 +1,139 @@
+import CLibAIO
+import Foundation
+import Glibc
+import Testing
+
+@testable import TapDisk
+
+/// Issue 11, item 1: a limit on control connections, and fd exhaustion that neither spins the
+/// loop nor deafens the control socket.
+@Suite struct ConnectionLimitTests {
+    /// CPU time (user + system, seconds) the process has used so far.
+    static func cpuSeconds(pid: Int32) -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = text.lastIndex(of: ")")
+        else { return 0 }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// Share of one core used over `seconds`.
+    static func cpuShare(pid: Int32, seconds: Double) -> Double {
+        let before = cpuSeconds(pid: pid)
+        let start = MonotonicClock.nanoseconds()
+        usleep(UInt32(seconds * 1e6))
+        let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        return (cpuSeconds(pid: pid) - before) / elapsed
+    }
+
+    static func logCount(_ log: String, _ phrase: String) -> Int {
+        log.split(separator: "\n").filter { $0.contains(phrase) }.count
+    }
+
+    @Test func connectionsOverTheLimitAreRefusedWithBusy() throws {
+        let image = try DaemonTest.image(bytes: 1 << 20)
+        defer { unlink(image) }
+        let daemon = try DaemonProcess(image: image, arguments: ["--max-control-connections", "8"])
+        defer { daemon.forceStop() }
+        // The fixture's start-up probe connection closes asynchronously.
+        #expect(DaemonTest.waitUntil(seconds: 5) { DaemonTest.fdCount(pid: daemon.pid) < 20 })
+        usleep(100_000)
+        var clients: [ControlClient] = []
+        for _ in 0..<8 {
+            let c = try daemon.client()
+            try c.call("info")
+            clients.append(c)
+        }
+        for _ in 0..<3 {
+            let extra = try daemon.client()
+            let reply = try extra.request("status", timeoutMilliseconds: 5000)
+            #expect(DaemonTest.code(reply) == "busy", "\(reply)")
+            #expect(reply["error"]?["message"]?.stringValue?.contains("too many control connections") == true)
+            #expect(reply["tag"] != nil, "the refusal echoes the request's tag")
+        }
+        // `ctl status` says so in one line and exits 1 instead of hanging.
+        let ctl = try Tapdiskd.run(["ctl", "--socket", daemon.socketPath, "status"], timeoutSeconds: 10)
+        #expect(ctl.status == 1 && ctl.stderrLines.count == 1 && ctl.stderr.contains("busy"), "\(ctl.stderr)")
+        // Admitted connections still work; closing one makes room.
+        #expect(try clients[0].call("status")["state"] == .string("idle"))
+        clients.removeLast()
+        var admitted = false
+        DaemonTest.waitUntil(seconds: 5) {
+            guard let c = try? daemon.client(), let r = try? c.request("stats") else { return false }
+            admitted = r["ok"] == .bool(true)
+            if admitted {
+                #expect(r["counters"]?["control-connections-refused"]?.uint64Value ?? 0 >= 4)
+            }
+            return admitted
+        }
+        #expect(admitted)
+        #expect(Self.logCount(daemon.log, "control connection limit reached") >= 1)
+    }
+
+    /// The issue's reproduction: far more connections than fds. Before, accept4 failed with
+    /// EMFILE thousands of times a second at ~97% CPU and `ctl status` hung; now the daemon backs
+    /// off, answers `status` with a busy error, warns once, counts the episode, and recovers.
+    @Test(.enabled(if: Shell.which("prlimit") != nil)) func fdExhaustionBacksOffAndStillAnswers() throws {
+        let image = try DaemonTest.image(bytes: 1 << 20)
+        defer { unlink(image) }
+        let daemon = try DaemonProcess(
+            image: image, arguments: ["--cache", "writeback"], launcher: ["prlimit", "--nofile=40"])
+        defer { daemon.forceStop() }
+        // The fixture's start-up probe connection closes asynchronously; a slot it frees later
+        // would end the episode early, so let the daemon's fd table settle first.
+        var baseline = DaemonTest.fdCount(pid: daemon.pid)
+        DaemonTest.waitUntil(seconds: 3) {
+            usleep(100_000)
+            let now = DaemonTest.fdCount(pid: daemon.pid)
+            defer { baseline = now }
+            return now == baseline
+        }
+        var held: [Int32] = []
+        defer { for fd in held { close(fd) } }
+        for _ in 0..<60 {
+            let fd = clibaio_unix_connect(daemon.socketPath)
+            if fd >= 0 { held.append(fd) }
+        }
+        #expect(held.count >= 50)
+        usleep(600_000)
+        let share = Self.cpuShare(pid: daemon.pid, seconds: 1.5)
+        #expect(share < 0.2, "the daemon used \(Int(share * 100))% CPU while out of fds")
+        let start = MonotonicClock.nanoseconds()
+        let ctl = try Tapdiskd.run(["ctl", "--socket", daemon.socketPath, "status"], timeoutSeconds: 10)
+        let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        #expect(ctl.status == 1, "ctl status: exit \(ctl.status) (137 = hung and killed)")
+        #expect(ctl.stderr.contains("busy") && ctl.stderr.contains("out of file descriptors"), "\(ctl.stderr)")
+        #expect(seconds < 3, "answered in \(seconds) s")
+        let again = try Tapdiskd.run(["ctl", "--socket", daemon.socketPath, "status"], timeoutSeconds: 10)
+        #expect(again.status == 1 && again.stderr.contains("out of file descriptors"))
+        #expect(Self.logCount(daemon.log, "out of file descriptors") == 1, "one warning per episode")
+        // Once the clients go, the daemon serves again and reports the episode.
+        for fd in held { close(fd) }
+        held.removeAll()
+        var stats: JSONObject? = nil
+        DaemonTest.waitUntil(seconds: 5) {
+            guard let c = try? daemon.client(), let r = try? c.request("stats"), r["ok"] == .bool(true) else {
+                return false
+            }
+            stats = r
+            return true
+        }
+        #expect(stats?["counters"]?["fd-exhaustion-episodes"]?.uint64Value == 1)
+        #expect(stats?["counters"]?["control-connections-refused"]?.uint64Value ?? 0 >= 2)
+        #expect(daemon.log.contains("file descriptors available again"))
+        #expect(daemon.terminate() == 0)
+    }
+
+    /// The soft RLIMIT_NOFILE is raised to the hard limit at start.
+    @Test(.enabled(if: Shell.which("prlimit") != nil)) func softFileLimitIsRaisedToTheHardLimit() throws {
+        let image = try DaemonTest.image(bytes: 1 << 20)
+        defer { unlink(image) }
+        let daemon = try DaemonProcess(image: image, launcher: ["prlimit", "--nofile=100:2048"])
+        defer { daemon.forceStop() }
+        let limits = try String(contentsOfFile: "/proc/\(daemon.pid)/limits", encoding: .utf8)
+        let line = try #require(limits.split(separator: "\n").first { $0.hasPrefix("Max open files") })
+        let numbers = line.split(separator: " ").compactMap { Int($0) }
+        #expect(numbers == [2048, 2048], "\(line)")
+    }
+}
