@@ -146,4 +146,24 @@ extension PolicyTests {
         #expect(h.engine.counters.discardErrors == 2 && h.engine.counters.resubmittedRequests == 2)
         #expect(h.engine.counters.invariantHolds)
     }
+
+    /// A write held by `pause` and resubmitted after the image shrank below it is answered ERROR
+    /// and does not grow the file back.
+    @Test func heldWriteBeyondAShrunkEndIsAnsweredErrorOnResume() throws {
+        let h = try harness(FailurePolicy(onNospace: .pause))
+        h.engine.faults.completionRules = [.init(target: .write, fault: .errno(ENOSPC))]
+        let lastBlock = UInt64(4 << 20) / 4096 - 1
+        h.submit([BlkifRequest.write(id: 1, sector: lastBlock * 8, segments: [BlkifSegment(gref: 0)])])
+        #expect(h.waitQuiescent())
+        #expect(h.engine.held == 1)
+        #expect(truncate(h.imagePath, 1 << 20) == 0)
+        h.engine.updateGeometry(sectors: (1 << 20) / 512)
+        let r = h.engine.resume(failHeld: false)
+        #expect(r.resubmitted == 1)
+        #expect(h.run(untilResponses: 1))
+        #expect(h.status(of: 1) == -1)
+        var st = stat()
+        #expect(stat(h.imagePath, &st) == 0 && st.st_size == 1 << 20)
+        #expect(h.engine.counters.invariantHolds && h.engine.isDrained)
+    }
 }

@@ -256,7 +256,7 @@ package final class Daemon: DiskLoopHost {
         engine.tick(nowNanos: now)
         checkImageSize()
         if admission.shouldResumeListening(nowNanos: now) {
-            try? poller.add(listener.rawValue, token: Token.listener)
+            try? loop.add(listener.rawValue, token: Token.listener)
         }
         checkLowSpace()
         if let interval = notifier.watchdogInterval {
@@ -394,7 +394,7 @@ package final class Daemon: DiskLoopHost {
         }
         var refused = 0
         while refused < 64, admission.refuseWithReserve(listener: listener.rawValue) { refused += 1 }
-        poller.remove(listener.rawValue)
+        loop.remove(listener.rawValue)
         admission.pauseListening(nowNanos: MonotonicClock.nanoseconds())
     }
 

@@ -349,6 +349,14 @@ package final class Engine {
     private func restart(_ index: Int) {
         let r = table.records + index
         r.pointee.transferred = 0
+        // A held request resubmitted after the image shrank was validated against the old size:
+        // answer it ERROR rather than let the write extend the file again.
+        let sectors =
+            r.pointee.operation == .discard ? UInt64(r.pointee.discardSectors) : UInt64(r.pointee.dataBytes / 512)
+        if sectors > 0 && (r.pointee.sector > geometry.sectors || sectors > geometry.sectors - r.pointee.sector) {
+            finish(index, .error)
+            return
+        }
         switch r.pointee.operation {
         case .read, .write:
             r.pointee.stage = .data
