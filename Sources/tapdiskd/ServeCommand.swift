@@ -46,6 +46,16 @@ struct ServeCommand: ParsableCommand {
         help: "Control connections open at once (1...4096); one more is refused with a busy error.")
     var maxControlConnections: Int = 64
 
+    @Option(
+        name: .customLong("poll-us"),
+        help:
+            "Spin up to N microseconds for requests and completions before sleeping, only while I/O is active (0 = never)."
+    )
+    var pollMicroseconds: Int = Int(DaemonConfiguration.defaultPollMicroseconds)
+
+    @Option(name: .customLong("cpu"), help: "Pin the daemon to these CPUs: a list such as 0 or 0,2-3.")
+    var cpu: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -56,6 +66,12 @@ struct ServeCommand: ParsableCommand {
         guard (1...4096).contains(maxControlConnections) else {
             throw ValidationError(
                 "invalid value \(maxControlConnections) for --max-control-connections: must be 1...4096")
+        }
+        guard (0...10_000).contains(pollMicroseconds) else {
+            throw ValidationError("invalid value \(pollMicroseconds) for --poll-us: must be 0...10000")
+        }
+        if let cpu, CPUList.parse(cpu) == nil {
+            throw ValidationError("invalid value \(cpu) for --cpu: expected CPU numbers such as 0 or 0,2-3")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: unknown level \(logLevel)")
@@ -80,6 +96,8 @@ struct ServeCommand: ParsableCommand {
         config.policy = FailurePolicy(onNospace: onNospace, onError: onError, pauseTimeoutSeconds: pauseTimeout)
         config.maxRingPageOrder = maxRingPageOrder
         config.maxControlConnections = maxControlConnections
+        config.pollMicroseconds = UInt64(pollMicroseconds)
+        config.cpus = cpu.flatMap(CPUList.parse)
         config.lowSpaceThreshold = try lowSpaceThreshold.map { try LowSpaceThreshold.parse($0) }
         let daemon: Daemon
         do {

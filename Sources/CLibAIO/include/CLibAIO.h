@@ -65,6 +65,18 @@ int clibaio_destroy(io_context_t ctx);
 int clibaio_submit(io_context_t ctx, long nr, struct iocb **iocbs);
 /// Non-blocking io_getevents: number reaped, or -errno.
 int clibaio_getevents(io_context_t ctx, long max_nr, struct io_event *events);
+/// 1 when the kernel's completion ring behind `ctx` can be read from user space (aio_ring.c).
+int clibaio_user_reap_supported(io_context_t ctx);
+/// 1 when completions are waiting in the ring (no syscall).
+int clibaio_user_pending(io_context_t ctx);
+/// Like clibaio_getevents, from the mapped ring without a syscall; -EINVAL for a corrupt ring.
+int clibaio_user_reap(io_context_t ctx, long max_nr, struct io_event *events);
+/// The CPU's spin-wait hint (x86 `pause`).
+void clibaio_cpu_relax(void);
+/// Pins the calling thread to `cpus` (sched.c). 0 or -errno.
+int clibaio_set_affinity(const int *cpus, int count);
+/// The CPU the calling thread runs on now, or -1.
+int clibaio_current_cpu(void);
 void clibaio_prep_preadv(struct iocb *cb, int fd, const struct iovec *iov, int iovcnt,
                          int64_t offset, int resfd, uint64_t data);
 void clibaio_prep_pwritev(struct iocb *cb, int fd, const struct iovec *iov, int iovcnt,

@@ -65,7 +65,14 @@ package final class ControlClient {
         var fds = [Int32](repeating: -1, count: 4)
         var nfds: Int32 = 0
         var flags: Int32 = 0
-        let n = clibaio_recv_datagram(fd.rawValue, buffer.baseAddress, buffer.count, &fds, 4, &nfds, &flags)
+        var n = clibaio_recv_datagram(fd.rawValue, buffer.baseAddress, buffer.count, &fds, 4, &nfds, &flags)
+        if n == -Int(ECONNRESET) {
+            // The daemon refused this connection and closed it while our request was unread: the
+            // kernel reports the reset before the refusal that is still queued here. Reading the
+            // error cleared it; the refusal comes next.
+            n = clibaio_recv_datagram(fd.rawValue, buffer.baseAddress, buffer.count, &fds, 4, &nfds, &flags)
+            if n < 0 || n == 0 { n = -Int(ECONNRESET) }
+        }
         for i in 0..<Int(min(nfds, 4)) { close(fds[i]) }
         if n < 0 { throw .system(Errno(rawValue: Int32(-n))) }
         if n == 0 { throw .closed }

@@ -100,6 +100,9 @@ extension Daemon {
         counters.set("rejections", .object(reasons))
         counters.set("control-connections-refused", .uint(admission.refusedOverLimit + admission.refusedNoDescriptors))
         counters.set("fd-exhaustion-episodes", .uint(admission.exhaustionEpisodes))
+        counters.set("poll-microseconds", .uint(loop.polledNanos / 1000))
+        counters.set("poll-hits", .uint(loop.pollHits))
+        counters.set("poll-misses", .uint(loop.pollMisses))
         return counters
     }
 

@@ -24,7 +24,7 @@ package final class Daemon: DiskLoopHost {
     let config: DaemonConfiguration
     let engine: Engine
     var logger: Logger
-    private let loop: DiskLoop
+    let loop: DiskLoop
     private let listener: FileDescriptor
     /// The socket file this process created and removes at exit if it is still the same file
     /// (nil under activation).
@@ -76,6 +76,7 @@ package final class Daemon: DiskLoopHost {
         do {
             engine = try Engine(image: image, policy: config.policy, maxRingPageOrder: config.maxRingPageOrder)
             loop = try DiskLoop(engine: engine)
+            loop.pollNanos = config.pollMicroseconds * 1000
             timer = FileDescriptor(adopting: try Errno.check(clibaio_timerfd_periodic(500)))
             var sigs: [Int32] = [SIGTERM, SIGINT]
             signals = FileDescriptor(adopting: try Errno.check(clibaio_signalfd(&sigs, 2)))
@@ -98,6 +99,13 @@ package final class Daemon: DiskLoopHost {
                 engine.roundsPerService = rounds
             }
         #endif
+        if let cpus = config.cpus {
+            let rc = clibaio_set_affinity(cpus.map { Int32($0) }, Int32(cpus.count))
+            guard rc == 0 else {
+                throw StartError(
+                    description: "--cpu \(cpus.map(String.init).joined(separator: ",")): \(Errno(rawValue: -rc))")
+            }
+        }
         signal(SIGPIPE, SIG_IGN)
         if activated, let fd = SystemdNotifier.listenedSocket() {
             listener = FileDescriptor(adopting: fd)

@@ -10,6 +10,13 @@ package struct DaemonConfiguration: Sendable {
     package var lowSpaceThreshold: LowSpaceThreshold? = nil
     /// Control connections open at once; one more is refused with `busy` (issue 11).
     package var maxControlConnections = 64
+    /// The longest the loop spins for work before sleeping (µs); 0 = never (`--poll-us`).
+    package var pollMicroseconds: UInt64 = DaemonConfiguration.defaultPollMicroseconds
+    /// CPUs the daemon's thread may run on (`--cpu`); nil = wherever the scheduler likes.
+    package var cpus: [Int]? = nil
+
+    /// Chosen from `scripts/bench.sh` runs (docs/performance.md).
+    package static let defaultPollMicroseconds: UInt64 = 50
 
     package init(imagePath: String, socketPath: String?) {
         self.imagePath = imagePath

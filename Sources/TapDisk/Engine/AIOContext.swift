@@ -11,6 +11,8 @@ package struct AIOContext: ~Copyable {
     /// Becomes readable when completions are waiting; the engine epolls it.
     package let eventFD: FileDescriptor
     package let capacity: Int32
+    /// The kernel's completion ring can be read without `io_getevents` (checked once at setup).
+    package let userReap: Bool
 
     #if TAPDISK_FAULT_INJECTION
         package var faults = FaultInjector()
@@ -30,6 +32,7 @@ package struct AIOContext: ~Copyable {
         self.context = ctx
         self.eventFD = fd
         self.capacity = capacity
+        self.userReap = clibaio_user_reap_supported(ctx) == 1
     }
 
     deinit { _ = clibaio_destroy(context) }
@@ -47,10 +50,16 @@ package struct AIOContext: ~Copyable {
         return clibaio_submit(context, count, iocbs)
     }
 
-    /// Non-blocking reap of up to `max` completions into `events`.
+    /// Whether completions are waiting, without a syscall (false when the ring is unreadable).
+    @inline(__always)
+    package var hasCompletions: Bool { userReap && clibaio_user_pending(context) == 1 }
+
+    /// Non-blocking reap of up to `max` completions into `events`: from the mapped ring when the
+    /// kernel allows it (no syscall: what makes polling cheap), else `io_getevents`.
     @inline(__always)
     package mutating func reap(into events: UnsafeMutablePointer<io_event>, max: Int) -> Int32 {
-        let n = clibaio_getevents(context, max, events)
+        var n = userReap ? clibaio_user_reap(context, max, events) : clibaio_getevents(context, max, events)
+        if n == -EINVAL && userReap { n = clibaio_getevents(context, max, events) }
         #if TAPDISK_FAULT_INJECTION
             if n > 0 {
                 for i in 0..<Int(n) { faults.interceptCompletion(&events[i]) }

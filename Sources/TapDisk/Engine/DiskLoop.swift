@@ -31,6 +31,14 @@ package final class DiskLoop {
     private var watchedGeneration: UInt64 = 0
     private var watchedKick: Int32 = -1
     private var hostHasMore = false
+    /// The longest spin before sleeping in epoll (`--poll-us`); 0 turns polling off.
+    package var pollNanos: UInt64 = 0
+    /// `service` ran without arming `req_event`: arm (and re-check) before the next sleep.
+    private var ringUnarmed = false
+    /// Time spent spinning, and how often a spin found work (reported by `stats`).
+    package private(set) var polledNanos: UInt64 = 0
+    package private(set) var pollHits: UInt64 = 0
+    package private(set) var pollMisses: UInt64 = 0
 
     package init(engine: Engine) throws(Errno) {
         self.engine = engine
@@ -61,11 +69,18 @@ package final class DiskLoop {
     package func step<Host: DiskLoopHost>(_ host: Host, maxWaitMilliseconds: Int32 = -1) -> Bool {
         syncKickWatch()
         let pending = engine.needsService || hostHasMore
-        let timeout: Int32 = pending ? (engine.submitBackoff && !hostHasMore ? 1 : 0) : maxWaitMilliseconds
+        var polled = false
+        if !pending && maxWaitMilliseconds != 0 { polled = poll() }
+        if !pending && !polled && ringUnarmed {
+            ringUnarmed = false
+            polled = engine.prepareToSleep()
+        }
+        let timeout: Int32 =
+            pending || polled ? (engine.submitBackoff && !hostHasMore && !polled ? 1 : 0) : maxWaitMilliseconds
         let count = poller.wait(timeoutMilliseconds: timeout)
         // The engine's sources first: completions are reaped before a control command or the
         // timer looks at the engine (auto-resume must see the failures that already happened).
-        var engineReady = false
+        var engineReady = polled
         for i in 0..<count {
             switch poller.ready(at: i).token {
             case Token.completions:
@@ -80,7 +95,11 @@ package final class DiskLoop {
         // Only the engine's own fds, or work it said it left, lead to `service`. A control command
         // that changes the engine (attach, resume, detach) services it itself; servicing after
         // every timer tick as well would hide a request the engine forgot, for up to a tick.
-        if engineReady || engine.needsService { engine.service() }
+        if engineReady || engine.needsService {
+            let polling = pollNanos > 0 && engine.canPollCompletions
+            engine.service(armRing: !polling)
+            ringUnarmed = polling
+        }
         var hostReady = false
         for i in 0..<count {
             let ready = poller.ready(at: i)
@@ -92,6 +111,37 @@ package final class DiskLoop {
         hostHasMore = host.settle()
         syncKickWatch()
         return true
+    }
+
+    /// Bounded adaptive polling: instead of sleeping at once, watch the AIO completion ring and the
+    /// request ring (no syscalls) for a while, when work is likely to come soon: I/O is in flight
+    /// (spin up to twice the recent completion latency), or the frontend consumed requests within
+    /// the window (it is likely to send the next one). Never when idle, and never longer than
+    /// `pollNanos`; the wait after it still checks every fd. Returns true when work was found.
+    private func poll() -> Bool {
+        guard pollNanos > 0, engine.isAttached, engine.canPollCompletions else { return false }
+        let start = MonotonicClock.nanoseconds()
+        var window: UInt64 = 0
+        if engine.inFlight > 0 {
+            let latency = engine.completionLatencyNanos
+            window = latency == 0 ? pollNanos : min(pollNanos, 2 * latency)
+        }
+        if start &- engine.lastConsumeNanos < pollNanos { window = pollNanos }
+        guard window > 0 else { return false }
+        let deadline = start + window
+        var now = start
+        var found = false
+        while now < deadline {
+            if engine.hasVisibleWork {
+                found = true
+                break
+            }
+            for _ in 0..<16 { clibaio_cpu_relax() }
+            now = MonotonicClock.nanoseconds()
+        }
+        polledNanos &+= now &- start
+        if found { pollHits &+= 1 } else { pollMisses &+= 1 }
+        return found
     }
 
     /// Unwatches the kick eventfd, then unmaps and closes (`Engine.finishDetach`). The order

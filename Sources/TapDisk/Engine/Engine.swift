@@ -38,6 +38,12 @@ package final class Engine {
     /// the same fd number (closed on detach, reused by the next attach).
     @exclusivity(unchecked) package private(set) var attachGeneration: UInt64 = 0
     @exclusivity(unchecked) private var nextSequence: UInt64 = 0
+    /// When each table index was last handed to `io_submit` (the completion latency estimate).
+    @exclusivity(unchecked) private var submittedAt: UnsafeMutablePointer<UInt64>
+    /// Smoothed submit→completion latency (EWMA, 1/8), for the polling window.
+    @exclusivity(unchecked) package private(set) var completionLatencyNanos: UInt64 = 0
+    /// When requests were last consumed: a frontend active that recently is worth polling for.
+    @exclusivity(unchecked) package private(set) var lastConsumeNanos: UInt64 = 0
     /// Index of the BARRIER that stops consumption until it is answered.
     @exclusivity(unchecked) private var barrierIndex: Int? = nil
     /// Submission hit EAGAIN: retry after completions or a short sleep.
@@ -55,11 +61,16 @@ package final class Engine {
         precondition(maxRingPageOrder >= 0 && maxRingPageOrder <= RingLayout.maxPageOrder)
         // One iocb per outstanding request at most, so the largest ring bounds the context.
         aio = try AIOContext(capacity: Int32(RingLayout.entries(pageOrder: maxRingPageOrder)))
+        let most = Int(RingLayout.entries(pageOrder: maxRingPageOrder))
+        submittedAt = .allocate(capacity: most)
+        submittedAt.initialize(repeating: 0, count: most)
         geometry = image.geometry
         self.image = image
         self.policy = policy
         self.maxRingPageOrder = maxRingPageOrder
     }
+
+    deinit { submittedAt.deallocate() }
 
     #if TAPDISK_FAULT_INJECTION
         /// The fault-injection seam (debug builds only).
@@ -228,8 +239,11 @@ package final class Engine {
     /// A BARRIER is started the moment its predecessors are done: right after it is consumed
     /// (an idle disk has nothing in flight, so no completion would come to start it later) and
     /// after each reap.
+    ///
+    /// With `armRing` false (the loop is polling) `req_event` is left alone, so the frontend does
+    /// not kick while the loop watches the ring anyway; `prepareToSleep` arms it before a sleep.
     @discardableResult
-    package func service() -> Bool {
+    package func service(armRing: Bool = true) -> Bool {
         guard isAttached else {
             needsService = false
             return false
@@ -247,7 +261,7 @@ package final class Engine {
                 needsService = true
                 return true
             }
-            guard canConsume && ring.finalCheckForRequests() else {
+            guard canConsume && (armRing ? ring.finalCheckForRequests() : ring.hasUnconsumedRequests) else {
                 needsService = false
                 return false
             }
@@ -258,6 +272,40 @@ package final class Engine {
     }
 
     private var canConsume: Bool { state == .running && barrierIndex == nil }
+
+    // MARK: - Polling (see DiskLoop.step)
+
+    /// Work that `service` would find now, seen without a syscall: completions in the kernel's
+    /// mapped ring, or requests on the blkif ring.
+    @inline(__always)
+    package var hasVisibleWork: Bool {
+        isAttached && (aio.hasCompletions || (canConsume && ring.hasUnconsumedRequests))
+    }
+
+    /// Completions can be seen without a syscall, so polling for them is worth it.
+    package var canPollCompletions: Bool { aio.userReap }
+
+    /// Before the loop sleeps after polling: arm `req_event` and re-check (Xen's final check),
+    /// and reset the completion eventfd that polling left set (what polling already reaped made
+    /// it readable). True when work arrived meanwhile and the loop must not sleep.
+    package func prepareToSleep() -> Bool {
+        guard isAttached else { return false }
+        if aio.userReap { aio.eventFD.drain() }
+        let requests = canConsume && ring.finalCheckForRequests()
+        return requests || aio.hasCompletions
+    }
+
+    @inline(__always)
+    private func noteLatency(_ nanos: UInt64) {
+        let current = completionLatencyNanos
+        if current == 0 {
+            completionLatencyNanos = nanos
+        } else if nanos >= current {
+            completionLatencyNanos = current + (nanos - current) / 8
+        } else {
+            completionLatencyNanos = current - (current - nanos) / 8
+        }
+    }
 
     // MARK: - Consuming
 
@@ -272,14 +320,22 @@ package final class Engine {
         case .requests(let n):
             pending = n
         }
+        if pending > 0 { lastConsumeNanos = MonotonicClock.nanoseconds() }
         var request = clibaio_blkif_request()
         var remaining = pending
         while remaining > 0 && canConsume {
             remaining -= 1
             ring.consume(into: &request)
             start(request)
+            // Submit while consuming: the first I/O of a burst reaches the disk without waiting
+            // for the whole burst to be parsed, so the device is never idle while we are busy.
+            if table.queueCount >= Self.submitBatch && !submitBackoff { submitQueued() }
         }
     }
+
+    /// iocbs per `io_submit` while a burst is being consumed (the rest goes at the end of the
+    /// round). Small enough that the first request is on the disk after a few µs.
+    static let submitBatch = 8
 
     private func start(_ request: clibaio_blkif_request) {
         let accepted: RequestValidator.Accepted
@@ -438,7 +494,12 @@ package final class Engine {
             let n = table.fillBatch(max: table.queueCount)
             let rc = aio.submit(table.submitBatch, count: n)
             if rc > 0 {
-                for i in 0..<Int(rc) { table.records[table.queued(at: i)].phase = .submitted }
+                let now = MonotonicClock.nanoseconds()
+                for i in 0..<Int(rc) {
+                    let index = table.queued(at: i)
+                    table.records[index].phase = .submitted
+                    submittedAt[index] = now
+                }
                 table.dequeue(Int(rc))
             } else if rc == 0 || rc == -EAGAIN {
                 submitBackoff = true
@@ -461,11 +522,15 @@ package final class Engine {
             rounds += 1
             let n = aio.reap(into: events, max: table.eventCapacity)
             guard n > 0 else { return }
+            let now = MonotonicClock.nanoseconds()
             for i in 0..<Int(n) {
                 let index = Int(truncatingIfNeeded: clibaio_event_data(events + i))
                 guard index >= 0, index < table.capacity, table.records[index].phase == .submitted else { continue }
+                noteLatency(now &- submittedAt[index])
                 complete(index, result: clibaio_event_res(events + i))
             }
+            // Answer as soon as reaped: the frontend can refill while this round goes on.
+            pushResponses()
             if Int(n) < table.eventCapacity { return }
         }
     }

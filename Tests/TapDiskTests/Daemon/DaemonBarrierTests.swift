@@ -6,7 +6,7 @@ import Testing
 @testable import TapDisk
 
 /// The exactly-once cases of `BarrierLoopTests`, against the real daemon process: a frontend in
-/// this process, the daemon sleeping in its own epoll in another.
+/// this process, the daemon sleeping in its own epoll in another; with polling off and on.
 @Suite struct DaemonBarrierTests {
     static let deadline = 5.0
 
@@ -27,8 +27,8 @@ import Testing
         d.push()
     }
 
-    @Test func emptyBarrierOnIdleDisk() throws {
-        let daemon = try DaemonProcess(imageBytes: 1 << 20)
+    @Test(arguments: ["0", "50"]) func emptyBarrierOnIdleDisk(pollUs: String) throws {
+        let daemon = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--poll-us", pollUs])
         let d = try DiskDriver(socketPath: daemon.socketPath)
         send(d, [BlkifRequest.barrier(id: 1)])
         #expect(d.wait(forResponses: 1, seconds: Self.deadline), "an empty BARRIER on an idle disk hung")
@@ -37,8 +37,8 @@ import Testing
         try DaemonTest.expectInvariant(d.control)
     }
 
-    @Test func barrierWithDataOnIdleDisk() throws {
-        let daemon = try DaemonProcess(imageBytes: 1 << 20)
+    @Test(arguments: ["0", "50"]) func barrierWithDataOnIdleDisk(pollUs: String) throws {
+        let daemon = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--poll-us", pollUs])
         let d = try DiskDriver(socketPath: daemon.socketPath)
         send(d, [BlkifRequest.barrier(id: 1, sector: 32, segments: fill(d, 0...1, seed: 5))])
         #expect(d.wait(forResponses: 1, seconds: Self.deadline), "a BARRIER with data on an idle disk hung")
@@ -50,8 +50,8 @@ import Testing
         #expect(landed, "the BARRIER's data is not in the image")
     }
 
-    @Test func barrierAsFirstRequestAfterAttach() throws {
-        let daemon = try DaemonProcess(imageBytes: 1 << 20)
+    @Test(arguments: ["0", "50"]) func barrierAsFirstRequestAfterAttach(pollUs: String) throws {
+        let daemon = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--poll-us", pollUs])
         let client = try daemon.client()
         let frontend = try BlockFrontend(pageOrder: 0, dataPages: 4)
         frontend.enqueue(BlkifRequest.barrier(id: 1))
@@ -71,8 +71,8 @@ import Testing
         #expect(got.allSatisfy { $0.status == 0 })
     }
 
-    @Test func barrierWhileRequestsAreInFlight() throws {
-        let daemon = try DaemonProcess(imageBytes: 4 << 20)
+    @Test(arguments: ["0", "50"]) func barrierWhileRequestsAreInFlight(pollUs: String) throws {
+        let daemon = try DaemonProcess(imageBytes: 4 << 20, arguments: ["--poll-us", pollUs])
         let d = try DiskDriver(socketPath: daemon.socketPath)
         var batch: [clibaio_blkif_request] = []
         for i in 0..<8 {
@@ -95,12 +95,12 @@ import Testing
     }
 
     /// The real daemon with a sync that fails (the debug build's fault seam, `TAPDISK_FAULTS`).
-    @Test func barrierAfterFailedSync() throws {
+    @Test(arguments: ["0", "50"]) func barrierAfterFailedSync(pollUs: String) throws {
         var environment = ProcessInfo.processInfo.environment
         environment["TAPDISK_FAULTS"] = "sync:EIO"
         let image = try DaemonTest.image(bytes: 1 << 20)
         defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image, environment: environment)
+        let daemon = try DaemonProcess(image: image, arguments: ["--poll-us", pollUs], environment: environment)
         let d = try DiskDriver(socketPath: daemon.socketPath)
         send(d, [BlkifRequest.flush(id: 1)])
         #expect(d.wait(forResponses: 1, seconds: Self.deadline))
@@ -117,8 +117,8 @@ import Testing
         #expect(d.roundTrip(sector: 16, seed: 4))
     }
 
-    @Test func readOnlyDisksEmptyBarrier() throws {
-        let daemon = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--readonly"])
+    @Test(arguments: ["0", "50"]) func readOnlyDisksEmptyBarrier(pollUs: String) throws {
+        let daemon = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--readonly", "--poll-us", pollUs])
         let d = try DiskDriver(socketPath: daemon.socketPath)
         send(d, [BlkifRequest.barrier(id: 1)])
         #expect(d.wait(forResponses: 1, seconds: Self.deadline), "a read-only disk's empty BARRIER hung")
@@ -129,12 +129,12 @@ import Testing
 
     /// Requests answered without I/O for more rounds than one `service` runs (lowered to 1 in
     /// the debug daemon, so the yield happens often): the daemon must loop again, not sleep.
-    @Test func moreThanRoundLimitOfRequestsWithoutIO() throws {
+    @Test(arguments: ["0", "50"]) func moreThanRoundLimitOfRequestsWithoutIO(pollUs: String) throws {
         var environment = ProcessInfo.processInfo.environment
         environment["TAPDISK_ROUNDS_PER_SERVICE"] = "1"
         let image = try DaemonTest.image(bytes: 1 << 20)
         defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image, environment: environment)
+        let daemon = try DaemonProcess(image: image, arguments: ["--poll-us", pollUs], environment: environment)
         let disk = try RemoteDisk(socketPath: daemon.socketPath, pageOrder: 4, dataPages: 1)
         let total = 200_000
         let r = NoIOStream.run(disk.frontend, total: total)

@@ -22,8 +22,8 @@ import Testing
         grefs.flatMap { Array(UnsafeRawBufferPointer(start: h.frontend.page($0), count: 4096)) }
     }
 
-    @Test func emptyBarrierOnIdleDisk() throws {
-        let h = try EngineHarness(imageBytes: 1 << 20)
+    @Test(arguments: [0, 50] as [UInt64]) func emptyBarrierOnIdleDisk(pollMicroseconds: UInt64) throws {
+        let h = try EngineHarness(imageBytes: 1 << 20, pollMicroseconds: pollMicroseconds)
         h.submit([BlkifRequest.barrier(id: 7)])
         #expect(h.run(untilResponses: 1, timeoutSeconds: Self.deadline), "an empty BARRIER on an idle disk hung")
         #expect(h.responses.map(\.id) == [7] && h.status(of: 7) == 0)
@@ -34,8 +34,8 @@ import Testing
         #expect(h.engine.counters.invariantHolds && h.engine.isDrained)
     }
 
-    @Test func barrierWithDataOnIdleDisk() throws {
-        let h = try EngineHarness(imageBytes: 1 << 20)
+    @Test(arguments: [0, 50] as [UInt64]) func barrierWithDataOnIdleDisk(pollMicroseconds: UInt64) throws {
+        let h = try EngineHarness(imageBytes: 1 << 20, pollMicroseconds: pollMicroseconds)
         let segs = pages(h, 0...2, seed: 40)
         h.submit([BlkifRequest.barrier(id: 1, sector: 64, segments: segs)])
         #expect(h.run(untilResponses: 1, timeoutSeconds: Self.deadline), "a BARRIER with data on an idle disk hung")
@@ -45,8 +45,8 @@ import Testing
         #expect(h.engine.counters.barrierRequests == 1 && h.engine.counters.writeBytes == 3 * 4096)
     }
 
-    @Test func barrierAsFirstRequestAfterAttach() throws {
-        let h = try EngineHarness(imageBytes: 1 << 20, attach: false)
+    @Test(arguments: [0, 50] as [UInt64]) func barrierAsFirstRequestAfterAttach(pollMicroseconds: UInt64) throws {
+        let h = try EngineHarness(imageBytes: 1 << 20, attach: false, pollMicroseconds: pollMicroseconds)
         let segs = pages(h, 0...0, seed: 9)
         // Published before attach (§2.2): served without a kick.
         h.frontend.enqueue(BlkifRequest.barrier(id: 1))
@@ -59,8 +59,8 @@ import Testing
         #expect(h.responses.allSatisfy { $0.status == 0 })
     }
 
-    @Test func barrierWhileRequestsAreInFlight() throws {
-        let h = try EngineHarness(imageBytes: 4 << 20)
+    @Test(arguments: [0, 50] as [UInt64]) func barrierWhileRequestsAreInFlight(pollMicroseconds: UInt64) throws {
+        let h = try EngineHarness(imageBytes: 4 << 20, pollMicroseconds: pollMicroseconds)
         var batch: [clibaio_blkif_request] = []
         for i in 0..<8 {
             batch.append(
@@ -85,8 +85,10 @@ import Testing
         #expect(ordered, "reads after the BARRIER did not see the writes before it")
     }
 
-    @Test func barrierAfterFailedSyncIsAnsweredErrorAtOnce() throws {
-        let h = try EngineHarness(imageBytes: 1 << 20)
+    @Test(arguments: [0, 50] as [UInt64]) func barrierAfterFailedSyncIsAnsweredErrorAtOnce(pollMicroseconds: UInt64)
+        throws
+    {
+        let h = try EngineHarness(imageBytes: 1 << 20, pollMicroseconds: pollMicroseconds)
         h.engine.faults.completionRules = [.init(target: .sync, fault: .errno(EIO))]
         h.submit([BlkifRequest.flush(id: 1)])
         #expect(h.run(untilResponses: 1, timeoutSeconds: Self.deadline))
@@ -104,10 +106,10 @@ import Testing
         #expect(h.run(untilResponses: 4, timeoutSeconds: Self.deadline) && h.status(of: 4) == 0)
     }
 
-    @Test func readOnlyDisksEmptyBarrier() throws {
+    @Test(arguments: [0, 50] as [UInt64]) func readOnlyDisksEmptyBarrier(pollMicroseconds: UInt64) throws {
         let path = try EngineHarness.makeTemporaryImage(bytes: 1 << 20)
         defer { unlink(path) }
-        let h = try EngineHarness(imagePath: path, readOnly: true)
+        let h = try EngineHarness(imagePath: path, readOnly: true, pollMicroseconds: pollMicroseconds)
         h.submit([BlkifRequest.barrier(id: 5)])
         #expect(h.run(untilResponses: 1, timeoutSeconds: Self.deadline), "a read-only disk's empty BARRIER hung")
         #expect(h.status(of: 5) == 0)
@@ -119,8 +121,8 @@ import Testing
     /// More than `roundsPerService` rounds of requests answered without I/O, from a frontend on
     /// another thread: the loop must run again at once when `service` reports more to do. The
     /// limit is lowered to 1 so that the yield happens thousands of times, not by luck.
-    @Test func moreThanRoundLimitOfRequestsWithoutIO() throws {
-        let h = try EngineHarness(imageBytes: 1 << 20, attach: false)
+    @Test(arguments: [0, 50] as [UInt64]) func moreThanRoundLimitOfRequestsWithoutIO(pollMicroseconds: UInt64) throws {
+        let h = try EngineHarness(imageBytes: 1 << 20, attach: false, pollMicroseconds: pollMicroseconds)
         h.engine.roundsPerService = 1
         let frontend = try BlockFrontend(pageOrder: 4, dataPages: 1)
         try h.engine.attach(frontend.makeAttachment())

@@ -29,14 +29,15 @@ import Testing
         var hashes: [UInt64]
     }
 
-    @Test(arguments: [(UInt64(21), "report"), (22, "pause")])
-    func randomStreamAgainstShadowModel(seed: UInt64, policy: String) throws {
+    @Test(arguments: [(UInt64(21), "report", "0"), (22, "pause", "0"), (23, "report", "50"), (24, "pause", "50")])
+    func randomStreamAgainstShadowModel(seed: UInt64, policy: String, pollUs: String) throws {
         var environment = ProcessInfo.processInfo.environment
         environment["TAPDISK_FAULTS"] = "random:\(seed):eagain=30:partial=50:short=60:zero=10:eio=20:enospc=20"
         let image = try DaemonTest.image(bytes: Self.blocks * 4096)
         defer { unlink(image) }
         let daemon = try DaemonProcess(
-            image: image, arguments: ["--on-nospace", policy, "--on-error", policy, "--pause-timeout", "0"],
+            image: image,
+            arguments: ["--on-nospace", policy, "--on-error", policy, "--pause-timeout", "0", "--poll-us", pollUs],
             environment: environment)
         let disk = try RemoteDisk(socketPath: daemon.socketPath, pageOrder: 2, dataPages: Self.dataPages)
         let frontend = disk.frontend
@@ -189,7 +190,7 @@ import Testing
             }
         }
         print(
-            "daemon property \(policy) seed \(seed): \(Self.total) requests, \(okayWrites) OKAY writes, \(okayReads) OKAY reads, \(invalid) invalid, errors \(stats["responses-error"]), short \(stats["short-completions"]), resubmitted \(stats["resubmitted-requests"]), resumes \(resumes), quiet waits \(quietWaits), unnotified \(unnotified)"
+            "daemon property \(policy) poll \(pollUs) µs seed \(seed): \(Self.total) requests, \(okayWrites) OKAY writes, \(okayReads) OKAY reads, \(invalid) invalid, errors \(stats["responses-error"]), short \(stats["short-completions"]), resubmitted \(stats["resubmitted-requests"]), resumes \(resumes), quiet waits \(quietWaits), unnotified \(unnotified)"
         )
         #expect(okayWrites > 200 && stats["responses-error"] > UInt64(invalid))
         #expect(stats["short-completions"] > 10)

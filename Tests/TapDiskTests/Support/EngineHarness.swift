@@ -26,7 +26,7 @@ final class EngineHarness: DiskLoopHost {
     init(
         imageBytes: Int = 8 << 20, imagePath: String? = nil, cache: CacheMode = .none, readOnly: Bool = false,
         policy: FailurePolicy = FailurePolicy(), pageOrder: Int = 2, dataPages: Int = 512, startIndex: UInt32 = 0,
-        attach: Bool = true
+        attach: Bool = true, pollMicroseconds: UInt64 = 0
     ) throws {
         if let imagePath {
             self.imagePath = imagePath
@@ -38,6 +38,7 @@ final class EngineHarness: DiskLoopHost {
         let image = try Image(path: self.imagePath, cache: cache, readOnly: readOnly)
         engine = try Engine(image: image, policy: policy, maxRingPageOrder: max(4, pageOrder))
         loop = try DiskLoop(engine: engine)
+        loop.pollNanos = pollMicroseconds * 1000
         frontend = try BlockFrontend(pageOrder: pageOrder, dataPages: dataPages, startIndex: startIndex)
         try loop.add(frontend.notify.rawValue, token: Self.notifyToken)
         engine.onEvent = { [weak self] in self?.events.append($0) }
