@@ -151,4 +151,54 @@ extension Daemon {
         engine.pause()
         connection.deferred = .pause(tag: tag)
     }
+
+    // MARK: - Owed replies: `pause` once quiescent, `detach` once drained
+
+    /// Sends the owed replies whose condition holds now; true when it sent any (sending one
+    /// resumes reading that connection, which may owe a new one at once).
+    func answerOwedReplies() -> Bool {
+        var progressed = false
+        if engine.state == .closing && engine.isDrained {
+            completeDetach()
+            progressed = true
+        }
+        for connection in connections.values {
+            if case .pause(let tag) = connection.deferred, engine.isQuiescent {
+                connection.deferred = nil
+                reply(connection, ControlReply.ok(tag: tag))
+                readRequests(connection)
+                progressed = true
+            }
+        }
+        return progressed
+    }
+
+    /// An owed reply could be sent now (the settle rounds ran out): the loop must not sleep.
+    var owedRepliesAreDue: Bool {
+        (engine.state == .closing && engine.isDrained)
+            || connections.values.contains { c in
+                if case .pause = c.deferred { return engine.isQuiescent }
+                return false
+            }
+    }
+
+    func completeDetach() {
+        let responsesBefore: UInt64? = connections.values.lazy.compactMap { c -> UInt64? in
+            if case .detach(_, let start) = c.deferred { return start }
+            return nil
+        }.first
+        let completedBase = responsesBefore ?? engine.counters.responses
+        let reqCons = loop.finishDetach()
+        owner = nil
+        let completed = engine.counters.responses - completedBase
+        for connection in connections.values {
+            guard case .detach(let tag, _) = connection.deferred else { continue }
+            connection.deferred = nil
+            reply(
+                connection,
+                ControlReply.ok(fields: ["completed": .uint(completed), "req-cons": .uint(UInt64(reqCons))], tag: tag))
+            readRequests(connection)
+        }
+        logger.info("detached", metadata: ["image": "\(config.imagePath)", "req-cons": "\(reqCons)"])
+    }
 }

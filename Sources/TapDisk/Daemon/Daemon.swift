@@ -25,20 +25,20 @@ package final class Daemon: DiskLoopHost {
     let engine: Engine
     var logger: Logger
     let loop: DiskLoop
-    private let listener: FileDescriptor
+    let listener: FileDescriptor
     /// The socket file this process created and removes at exit if it is still the same file
     /// (nil under activation).
     private let ownedSocket: SocketFile?
     private var ownedSocketPath: String? { ownedSocket?.path }
-    private let timer: FileDescriptor
-    private let signals: FileDescriptor
+    let timer: FileDescriptor
+    let signals: FileDescriptor
     private let notifier = SystemdNotifier()
     private let startNanos = MonotonicClock.nanoseconds()
 
     var connections: [UInt64: ControlConnection] = [:]
     /// The control connection limit, the reserve fd and the EMFILE back-off.
     let admission: ConnectionAdmission
-    private var nextToken = Token.firstConnection
+    var nextToken = Token.firstConnection
     /// The connection that attached the current frontend.
     var owner: UInt64? = nil
     /// SIGTERM/SIGINT arrived: drain like `detach`, then exit 0.
@@ -47,7 +47,7 @@ package final class Daemon: DiskLoopHost {
     private var lowSpaceArmed = true
     private var lastWatchdogNanos: UInt64 = 0
     private var lastStatusNanos: UInt64 = 0
-    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(
+    let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
 
     /// Checks the socket path, opens the image and binds the socket. Every check that needs
@@ -202,53 +202,14 @@ package final class Daemon: DiskLoopHost {
     /// tick. A client that keeps this going past the round limit gets its reply on the next
     /// (zero-timeout) iteration, so other fds are not starved: the return value tells the loop.
     package func settle() -> Bool {
-        for _ in 0..<8 {
-            var progressed = false
-            if engine.state == .closing && engine.isDrained {
-                completeDetach()
-                progressed = true
-            }
-            for connection in connections.values {
-                if case .pause(let tag) = connection.deferred, engine.isQuiescent {
-                    connection.deferred = nil
-                    reply(connection, ControlReply.ok(tag: tag))
-                    readRequests(connection)
-                    progressed = true
-                }
-            }
-            if !progressed { break }
-        }
+        for _ in 0..<8 where answerOwedReplies() {}
         for (token, connection) in connections where connection.isClosed {
             closeConnection(token)
         }
-        return (engine.state == .closing && engine.isDrained)
-            || connections.values.contains { c in
-                if case .pause = c.deferred { return engine.isQuiescent }
-                return false
-            }
+        return owedRepliesAreDue
     }
 
-    private func completeDetach() {
-        let responsesBefore: UInt64? = connections.values.lazy.compactMap { c -> UInt64? in
-            if case .detach(_, let start) = c.deferred { return start }
-            return nil
-        }.first
-        let completedBase = responsesBefore ?? engine.counters.responses
-        let reqCons = loop.finishDetach()
-        owner = nil
-        let completed = engine.counters.responses - completedBase
-        for connection in connections.values {
-            guard case .detach(let tag, _) = connection.deferred else { continue }
-            connection.deferred = nil
-            reply(
-                connection,
-                ControlReply.ok(fields: ["completed": .uint(completed), "req-cons": .uint(UInt64(reqCons))], tag: tag))
-            readRequests(connection)
-        }
-        logger.info("detached", metadata: ["image": "\(config.imagePath)", "req-cons": "\(reqCons)"])
-    }
-
-    private func beginTermination(signal: Int32) {
+    func beginTermination(signal: Int32) {
         logger.notice("signal \(signal == SIGTERM ? "SIGTERM" : "SIGINT"): draining and exiting")
         if !terminating {
             terminating = true
@@ -259,7 +220,7 @@ package final class Daemon: DiskLoopHost {
 
     /// The 500 ms timer: pause timeout and auto-resume, image size, listener back-off,
     /// low-space, watchdog, status.
-    private func periodic() {
+    func periodic() {
         let now = MonotonicClock.nanoseconds()
         engine.tick(nowNanos: now)
         checkImageSize()
@@ -341,175 +302,6 @@ package final class Daemon: DiskLoopHost {
         case .frontendViolation(let message):
             logger.error("frontend violation: \(message)", metadata: ["image": "\(config.imagePath)"])
             broadcast(event: "frontend-violation", ["message": .string(message)])
-        }
-    }
-
-    func broadcast(event name: String, _ fields: JSONObject) {
-        for connection in connections.values where connection.subscribed && !connection.isClosed {
-            if connection.outbox.count >= ControlConnection.eventQueueLimit {
-                connection.droppedEvents += 1
-                continue
-            }
-            let dropped = connection.droppedEvents
-            connection.droppedEvents = 0
-            send(connection, ControlReply.event(name: name, fields: fields, dropped: dropped > 0 ? dropped : nil))
-        }
-    }
-
-    // MARK: - Connections
-
-    private func acceptConnections() {
-        for _ in 0..<64 {
-            let fd = clibaio_accept(listener.rawValue)
-            if fd < 0 {
-                if -fd == EMFILE || -fd == ENFILE { outOfFileDescriptors(Errno(rawValue: -fd)) }
-                if -fd == ECONNABORTED || -fd == EINTR { continue }
-                return
-            }
-            guard connections.count < admission.limit else {
-                if admission.refuseOverLimit(fd) {
-                    logger.warning(
-                        "control connection limit reached; refusing new connections with busy",
-                        metadata: ["limit": "\(admission.limit)"])
-                }
-                continue
-            }
-            if let refused = admission.admitted() {
-                logger.notice("file descriptors available again", metadata: ["refused": "\(refused)"])
-            }
-            let token = nextToken
-            nextToken += 1
-            let connection = ControlConnection(fd: FileDescriptor(adopting: fd), token: token)
-            do {
-                try loop.add(fd, token: token, events: clibaio_EPOLLIN | clibaio_EPOLLRDHUP)
-            } catch {
-                continue
-            }
-            connections[token] = connection
-        }
-    }
-
-    /// accept failed with EMFILE/ENFILE: refuse what waits through the reserve fd, then stop
-    /// watching the listener until a later timer tick (`periodic`) instead of spinning on it.
-    private func outOfFileDescriptors(_ errno: Errno) {
-        if admission.beginExhaustion() {
-            logger.warning(
-                "out of file descriptors: refusing control connections and backing off",
-                metadata: [
-                    "errno": "\(errno.name)", "connections": "\(connections.count)",
-                    "reserve": "\(admission.hasReserve)",
-                ])
-        }
-        var refused = 0
-        while refused < 64, admission.refuseWithReserve(listener: listener.rawValue) { refused += 1 }
-        loop.remove(listener.rawValue)
-        admission.pauseListening(nowNanos: MonotonicClock.nanoseconds())
-    }
-
-    /// Reads and answers datagrams until the socket is empty or a reply must wait.
-    private func readRequests(_ connection: ControlConnection) {
-        var budget = 64
-        while budget > 0, connection.deferred == nil, !connection.isClosed {
-            budget -= 1
-            var fds = [Int32](repeating: -1, count: 8)
-            var nfds: Int32 = 0
-            var flags: Int32 = 0
-            let n = clibaio_recv_datagram(
-                connection.fd.rawValue, receiveBuffer.baseAddress, receiveBuffer.count, &fds, 8, &nfds, &flags)
-            if n < 0 {
-                if -n != EAGAIN && -n != EINTR { connection.isClosed = true }
-                break
-            }
-            let received = Array(fds.prefix(Int(min(nfds, 8))))
-            defer { for fd in received { close(fd) } }
-            if n == 0 && received.isEmpty && clibaio_peer_hung_up(connection.fd.rawValue) == 1 {
-                connection.isClosed = true
-                break
-            }
-            if n > ControlRequest.maxDatagramSize || flags & clibaio_MSG_TRUNC != 0 {
-                reply(connection, ControlReply.error(.badRequest("datagram larger than 65536 bytes"), tag: nil))
-                continue
-            }
-            if n == 0 {
-                reply(connection, ControlReply.error(.badRequest("empty datagram"), tag: nil))
-                continue
-            }
-            let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
-            switch ControlRequest.parse(bytes) {
-            case .failure(let failure):
-                reply(connection, ControlReply.error(failure))
-            case .success(let request):
-                handle(
-                    request, from: connection, fds: received,
-                    controlTruncated: flags & clibaio_MSG_CTRUNC != 0 || nfds > 8)
-            }
-        }
-        // The peer hung up and nothing more is queued for reading: close after this batch.
-        if !connection.isClosed, connection.deferred == nil, clibaio_peer_hung_up(connection.fd.rawValue) == 1 {
-            var probe: UInt8 = 0
-            if recv(connection.fd.rawValue, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0 {
-                connection.isClosed = true
-            }
-        }
-        updateInterest(connection)
-    }
-
-    /// Reading pauses while a reply is owed (keeps replies in request order); writing is watched
-    /// only while the outbox holds something.
-    private func updateInterest(_ connection: ControlConnection) {
-        guard !connection.isClosed else { return }
-        var events: UInt32 = connection.deferred == nil ? clibaio_EPOLLIN | clibaio_EPOLLRDHUP : 0
-        if !connection.outbox.isEmpty { events |= clibaio_EPOLLOUT }
-        try? loop.modify(connection.fd.rawValue, token: connection.token, events: events)
-    }
-
-    func reply(_ connection: ControlConnection, _ bytes: [UInt8]) {
-        if connection.outbox.count >= ControlConnection.replyQueueLimit {
-            connection.isClosed = true
-            return
-        }
-        send(connection, bytes)
-    }
-
-    private func send(_ connection: ControlConnection, _ bytes: [UInt8]) {
-        guard !connection.isClosed else { return }
-        if connection.outbox.isEmpty {
-            let n = bytes.withUnsafeBytes {
-                clibaio_send_datagram(connection.fd.rawValue, $0.baseAddress, $0.count, nil, 0, 1)
-            }
-            if n >= 0 { return }
-            if -n != EAGAIN {
-                connection.isClosed = true
-                return
-            }
-        }
-        connection.outbox.append(bytes)
-        updateInterest(connection)
-    }
-
-    private func flush(_ connection: ControlConnection) {
-        while !connection.outbox.isEmpty {
-            let n = connection.outbox[0].withUnsafeBytes {
-                clibaio_send_datagram(connection.fd.rawValue, $0.baseAddress, $0.count, nil, 0, 1)
-            }
-            if n < 0 {
-                if -n != EAGAIN { connection.isClosed = true }
-                break
-            }
-            connection.outbox.removeFirst()
-        }
-        updateInterest(connection)
-    }
-
-    private func closeConnection(_ token: UInt64) {
-        guard let connection = connections.removeValue(forKey: token) else { return }
-        loop.remove(connection.fd.rawValue)
-        if owner == token {
-            // The frontend died: serve out what it consumed, then back to idle (§2.3).
-            owner = nil
-            logger.warning(
-                "frontend connection closed without detach; draining", metadata: ["image": "\(config.imagePath)"])
-            if engine.isAttached && engine.state != .closing { engine.beginDetach() }
         }
     }
 

@@ -1,0 +1,6 @@
+/// QEMU-style summary of the last I/O failure (§5.1).
+package enum IOStatus: String, Sendable {
+    case ok
+    case failed
+    case nospace
+}
