@@ -274,36 +274,43 @@ private func replyText(_ bytes: [UInt8]) -> String { String(decoding: bytes, as:
     @Test func absentAndRequired() throws {
         let parsed = try request(#"{"cmd":"resume"}"#)
         #expect(try parsed.integer("data-pages", in: pagesRange) == nil)
+        #expect(try parsed.integerToken("data-pages") == nil)
         #expect(try parsed.bool("fail-held") == nil)
         #expect(try parsed.string("protocol") == nil)
-        #expect(try parsed.unsignedInteger("sectors", in: 0...UInt64.max) == nil)
         #expect(throws: ControlError.badRequest("missing \"data-pages\"")) {
-            try parsed.requiredInteger("data-pages", in: 1...262144)
+            try ControlRequest.required(parsed.integer("data-pages", in: 1...262144), "data-pages")
         }
-        #expect(throws: ControlError.self) { try parsed.requiredBool("x") }
-        #expect(throws: ControlError.self) { try parsed.requiredString("x") }
-        #expect(throws: ControlError.self) { try parsed.requiredUnsignedInteger("x", in: 0...1) }
-        #expect((try? parsed.requiredBool("x")) == nil)
+        #expect((try? ControlRequest.required(parsed.bool("x"), "x")) == nil)
+    }
+
+    /// One message form for every field: `"key" must be …`.
+    @Test func messagesHaveOneForm() throws {
+        let parsed = try request(#"{"cmd":"x","n":1.5,"b":1,"s":2,"big":300}"#)
+        #expect(throws: ControlError.badRequest("\"n\" must be an integer")) { try parsed.integerToken("n") }
+        #expect(throws: ControlError.badRequest("\"b\" must be a boolean")) { try parsed.bool("b") }
+        #expect(throws: ControlError.badRequest("\"s\" must be a string")) { try parsed.string("s") }
+        #expect(throws: ControlError.invalidArgument("\"big\" must be in 0...8")) {
+            try parsed.integer("big", in: 0...8)
+        }
     }
 
     @Test func fullRangeIntegers() throws {
         let parsed = try request(
             #"{"cmd":"x","min":-9223372036854775808,"max":9223372036854775807,"u":18446744073709551615}"#)
-        #expect(try parsed.requiredInteger("min", in: Int64.min...Int64.max) == Int64.min)
-        #expect(try parsed.requiredInteger("max", in: Int64.min...Int64.max) == Int64.max)
-        #expect(try parsed.requiredUnsignedInteger("u", in: 0...UInt64.max) == UInt64.max)
+        #expect(try parsed.integer("min", in: Int64.min...Int64.max) == Int64.min)
+        #expect(try parsed.integer("max", in: Int64.min...Int64.max) == Int64.max)
+        #expect(try parsed.integerToken("u")?.uint64 == UInt64.max)
         #expect(throws: ControlError.self) { try parsed.integer("u", in: Int64.min...Int64.max) }
         #expect(errorCode { try parsed.integer("u", in: Int64.min...Int64.max) } == .invalidArgument)
-        #expect(errorCode { try parsed.unsignedInteger("min", in: 0...UInt64.max) } == .invalidArgument)
-        #expect(errorCode { try parsed.unsignedInteger("max", in: 0...10) } == .invalidArgument)
+        #expect(errorCode { try parsed.integer("max", in: 0...10) } == .invalidArgument)
     }
 
     @Test func ringPageOrderRange() throws {
         let parsed = try request(#"{"cmd":"attach","ring-page-order":4,"data-pages":1024}"#)
-        #expect(try parsed.requiredInteger("ring-page-order", in: 0...4) == 4)
+        #expect(try parsed.integer("ring-page-order", in: 0...4) == 4)
         #expect(
-            errorCode { try parsed.requiredInteger("ring-page-order", in: 0...3) } == .invalidArgument)
-        #expect(try parsed.requiredInteger("data-pages", in: 1...262144) == 1024)
+            errorCode { try parsed.integer("ring-page-order", in: 0...3) } == .invalidArgument)
+        #expect(try parsed.integer("data-pages", in: 1...262144) == 1024)
     }
 
     @Test func boolAndStringFields() throws {
@@ -311,9 +318,9 @@ private func replyText(_ bytes: [UInt8]) -> String { String(decoding: bytes, as:
             #"{"cmd":"resume","fail-held":true,"f2":false,"protocol":"x86_64-abi","n":null,"one":1,"s1":"true"}"#
         )
         #expect(try parsed.bool("fail-held") == true)
-        #expect(try parsed.requiredBool("f2") == false)
+        #expect(try parsed.bool("f2") == false)
         #expect(try parsed.string("protocol") == "x86_64-abi")
-        #expect(try parsed.requiredString("cmd") == "resume")
+        #expect(try parsed.string("cmd") == "resume")
         for key in ["n", "one", "s1", "protocol"] {
             #expect(errorCode { try parsed.bool(key) } == .badRequest, "\(key)")
         }

@@ -103,45 +103,34 @@ package struct ControlRequest: Sendable {
         }
     }
 
-    // MARK: - Typed arguments
+    // MARK: - Typed arguments: the one reader every command uses, with one message form
 
-    /// An integer argument: nil when absent. Only integer tokens are accepted (`1.0`, `1e2`,
-    /// `"1"`, `true` and `null` are `bad-request`); an integer outside `range`, including one
-    /// beyond 64 bits, is `invalid-argument`. The token is read exactly, never via `Double`.
-    package func integer(_ key: String, in range: ClosedRange<Int64>) throws(ControlError) -> Int64? {
-        guard let number = try integerToken(key) else { return nil }
+    /// An integer argument's token, type-checked only: nil when absent; anything but an integer
+    /// token (`1.0`, `1e2`, `"1"`, `true`, `null`) is `bad-request`. `attach` checks types before
+    /// `busy` and values after it (§2), so the two checks are separate.
+    package func integerToken(_ key: String) throws(ControlError) -> JSONNumber? {
+        guard let value = arguments[key] else { return nil }
+        guard case .number(let number) = value, number.isInteger else {
+            throw .badRequest("\"\(key)\" must be an integer")
+        }
+        return number
+    }
+
+    /// The value of an integer token: outside `range`, including beyond 64 bits, it is
+    /// `invalid-argument`. The token is read exactly, never via `Double`.
+    package static func value(of number: JSONNumber, _ key: String, in range: ClosedRange<Int64>)
+        throws(ControlError) -> Int64
+    {
         guard let value = number.int64, range.contains(value) else {
             throw .invalidArgument("\"\(key)\" must be in \(range.lowerBound)...\(range.upperBound)")
         }
         return value
     }
 
-    /// As `integer(_:in:)`, but absence is `bad-request`.
-    package func requiredInteger(_ key: String, in range: ClosedRange<Int64>) throws(ControlError)
-        -> Int64
-    {
-        guard let value = try integer(key, in: range) else { throw .badRequest("missing \"\(key)\"") }
-        return value
-    }
-
-    /// As `integer(_:in:)`, for `u64` arguments whose range goes past `Int64.max`.
-    package func unsignedInteger(_ key: String, in range: ClosedRange<UInt64>) throws(ControlError)
-        -> UInt64?
-    {
+    /// An integer argument, type- and range-checked at once; nil when absent.
+    package func integer(_ key: String, in range: ClosedRange<Int64>) throws(ControlError) -> Int64? {
         guard let number = try integerToken(key) else { return nil }
-        guard let value = number.uint64, range.contains(value) else {
-            throw .invalidArgument("\"\(key)\" must be in \(range.lowerBound)...\(range.upperBound)")
-        }
-        return value
-    }
-
-    package func requiredUnsignedInteger(_ key: String, in range: ClosedRange<UInt64>)
-        throws(ControlError) -> UInt64
-    {
-        guard let value = try unsignedInteger(key, in: range) else {
-            throw .badRequest("missing \"\(key)\"")
-        }
-        return value
+        return try Self.value(of: number, key, in: range)
     }
 
     /// A boolean argument: nil when absent; anything but `true`/`false` (`null` included) is
@@ -152,11 +141,6 @@ package struct ControlRequest: Sendable {
         return flag
     }
 
-    package func requiredBool(_ key: String) throws(ControlError) -> Bool {
-        guard let value = try bool(key) else { throw .badRequest("missing \"\(key)\"") }
-        return value
-    }
-
     /// A string argument: nil when absent; any other type (`null` included) is `bad-request`.
     package func string(_ key: String) throws(ControlError) -> String? {
         guard let value = arguments[key] else { return nil }
@@ -164,16 +148,9 @@ package struct ControlRequest: Sendable {
         return text
     }
 
-    package func requiredString(_ key: String) throws(ControlError) -> String {
-        guard let value = try string(key) else { throw .badRequest("missing \"\(key)\"") }
+    /// A required argument: absence is `bad-request`.
+    package static func required<T>(_ value: T?, _ key: String) throws(ControlError) -> T {
+        guard let value else { throw .badRequest("missing \"\(key)\"") }
         return value
-    }
-
-    private func integerToken(_ key: String) throws(ControlError) -> JSONNumber? {
-        guard let value = arguments[key] else { return nil }
-        guard case .number(let number) = value, number.isInteger else {
-            throw .badRequest("\"\(key)\" must be an integer")
-        }
-        return number
     }
 }

@@ -8,28 +8,15 @@ import Glibc
 /// a regular file, shrinkable under our mapping (SIGBUS in the daemon), or write-sealed; the
 /// "eventfds" could be pipes or semaphores. Nothing is mapped or kept until all checks pass.
 struct AttachRequest {
-    let pageOrder: Int
-    let dataPages: Int
+    private let pageOrderToken: JSONNumber
+    private let dataPagesToken: JSONNumber
+    let protocolName: String?
 
     /// Field-type checks only (`bad-request`): values are judged after the `busy` check.
     init(_ request: ControlRequest) throws(ControlError) {
-        let order = try Self.integerToken(request, "ring-page-order")
-        let pages = try Self.integerToken(request, "data-pages")
-        if let protocolValue = request.arguments["protocol"], protocolValue.stringValue == nil {
-            throw .badRequest("protocol must be a string")
-        }
-        // Values beyond 64 bits are out of range: mapped to -1 so the range check rejects them.
-        pageOrder = order.int64.map { Int(clamping: $0) } ?? -1
-        dataPages = pages.int64.map { Int(clamping: $0) } ?? -1
-        protocolName = request.arguments["protocol"]?.stringValue
-    }
-
-    let protocolName: String?
-
-    private static func integerToken(_ request: ControlRequest, _ key: String) throws(ControlError) -> JSONNumber {
-        guard let value = request.arguments[key] else { throw .badRequest("missing field \(key)") }
-        guard let n = value.numberValue, n.isInteger else { throw .badRequest("\(key) must be an integer") }
-        return n
+        pageOrderToken = try ControlRequest.required(request.integerToken("ring-page-order"), "ring-page-order")
+        dataPagesToken = try ControlRequest.required(request.integerToken("data-pages"), "data-pages")
+        protocolName = try request.string("protocol")
     }
 
     /// Value and fd checks (`invalid-argument`); on success the mapping and the two eventfds,
@@ -39,12 +26,10 @@ struct AttachRequest {
         guard fds.count == 3, !controlTruncated else {
             throw .invalidArgument("attach needs exactly three fds (shared memory, kick, notify); got \(fds.count)")
         }
-        guard (0...maxRingPageOrder).contains(pageOrder) else {
-            throw .invalidArgument("ring-page-order must be 0...\(maxRingPageOrder)")
-        }
-        guard (1...RingLayout.maxDataPages).contains(dataPages) else {
-            throw .invalidArgument("data-pages must be 1...\(RingLayout.maxDataPages)")
-        }
+        let pageOrder = Int(
+            try ControlRequest.value(of: pageOrderToken, "ring-page-order", in: 0...Int64(maxRingPageOrder)))
+        let dataPages = Int(
+            try ControlRequest.value(of: dataPagesToken, "data-pages", in: 1...Int64(RingLayout.maxDataPages)))
         if let protocolName, protocolName != "x86_64-abi" {
             throw .invalidArgument("unsupported protocol \(protocolName); v1 supports x86_64-abi")
         }

@@ -113,6 +113,7 @@ extension Daemon {
         guard !engine.isAttached else { throw .busy("a frontend is already attached") }
         let attachment = try parsed.validate(
             fds: fds, controlTruncated: controlTruncated, maxRingPageOrder: config.maxRingPageOrder)
+        let (pageOrder, dataPages) = (attachment.pageOrder, attachment.dataPages)
         do {
             try engine.attach(attachment)
         } catch {
@@ -126,8 +127,8 @@ extension Daemon {
         logger.info(
             "attached",
             metadata: [
-                "image": "\(config.imagePath)", "ring-page-order": "\(parsed.pageOrder)",
-                "data-pages": "\(parsed.dataPages)",
+                "image": "\(config.imagePath)", "ring-page-order": "\(pageOrder)",
+                "data-pages": "\(dataPages)",
             ])
         var fields = info()
         fields.set("ring-entries", .uint(UInt64(engine.ringEntries)))
