@@ -174,10 +174,39 @@ struct DaemonENOSPCTests {
         #expect(c["responses-error"] == UInt64(failed.count) && c["responses-okay"] == UInt64(okay.count))
         #expect(c["write-bytes"] == UInt64(okay.count * Self.pagesPerWrite * 4096))
         // No pause under `report`.
-        let states = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 100).filter {
-            $0["event"] == .string("state-changed")
+        var events = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 100)
+        #expect(!events.contains { $0["event"] == .string("state-changed") })
+
+        // Rate limiting (§5.4): the first event of its kind suppressed nothing, and once one more
+        // failure comes after the window, every failure is accounted for: each event stands for
+        // itself plus the `suppressed` it reports.
+        #expect(event?["suppressed"]?.uint64Value == 0, "the first io-error event suppressed nothing")
+        usleep(1_100_000)
+        // ENOSPC depends on the request size (REFERENCE.md): retry failed writes, whole, until one
+        // fails again.
+        var retried = 0
+        var failedAgain = false
+        for (n, i) in failed.prefix(20).enumerated() where !failedAgain {
+            let id = 0xFFFF_0000 + UInt64(n)
+            rig.driver.enqueueWrite(id: id, sector: Rig.sector(i), gref: 0, pages: Self.pagesPerWrite, seed: 1)
+            rig.driver.push()
+            retried += 1
+            #expect(rig.driver.wait(forResponses: Self.writes + retried, seconds: 10))
+            failedAgain = rig.driver.status(id) == -1
         }
-        #expect(states.isEmpty)
+        #expect(failedAgain, "no retried write failed: the filesystem is no longer full")
+        events += try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 300)
+        let nospace =
+            [event].compactMap { $0 }
+            + events.filter {
+                $0["event"] == .string("io-error") && $0["errno"] == .string("ENOSPC")
+            }
+        let accounted = nospace.reduce(UInt64(0)) { $0 + 1 + ($1["suppressed"]?.uint64Value ?? 0) }
+        let after = try DaemonTest.stats(rig.watcher)
+        #expect(
+            accounted == after["nospace-errors"],
+            "events + suppressed = \(accounted), errors \(after["nospace-errors"])")
+        #expect(nospace.count < failed.count, "events were rate-limited")
         try rig.verifyOkayWritesAfterRemount()
     }
 
