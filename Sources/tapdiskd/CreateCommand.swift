@@ -26,7 +26,7 @@ struct CreateCommand: ParsableCommand {
             try ImageCreator.validate(sizeBytes: try ByteSize.parse(size))
         } catch let e as ByteSize.ParseError {
             throw ValidationError("--size: \(e.message)")
-        } catch let e as ImageCreator.Failure {
+        } catch let e as ImageCreator.CreationError {
             throw ValidationError("--size: \(e.message)")
         }
     }

@@ -60,7 +60,7 @@ struct CtlCommand: ParsableCommand {
                 }
                 throw ExitCode(1)
             }
-        } catch let e as ControlClient.Failure {
+        } catch let e as ControlClient.ClientError {
             printError("tapdiskd: \(e)")
             throw ExitCode(1)
         }

@@ -2,7 +2,7 @@ import Testing
 
 @testable import TapDisk
 
-private func parseRequest(_ text: String) -> Result<ControlRequest, ControlRequest.Failure> {
+private func parseRequest(_ text: String) -> Result<ControlRequest, ControlRequest.TaggedError> {
     ControlRequest.parse(Array(text.utf8))
 }
 
@@ -10,11 +10,11 @@ private func request(_ text: String) throws -> ControlRequest {
     try parseRequest(text).get()
 }
 
-private func failure(_ text: String) -> ControlRequest.Failure? {
+private func failure(_ text: String) -> ControlRequest.TaggedError? {
     failure(Array(text.utf8))
 }
 
-private func failure(_ bytes: [UInt8]) -> ControlRequest.Failure? {
+private func failure(_ bytes: [UInt8]) -> ControlRequest.TaggedError? {
     if case .failure(let failure) = ControlRequest.parse(bytes) { return failure }
     return nil
 }
@@ -77,7 +77,7 @@ private func replyText(_ bytes: [UInt8]) -> String { String(decoding: bytes, as:
     }
 
     @Test func emptyAndOversizedDatagrams() throws {
-        #expect(failure([]) == ControlRequest.Failure(.badRequest("empty datagram"), tag: nil))
+        #expect(failure([]) == ControlRequest.TaggedError(.badRequest("empty datagram"), tag: nil))
         #expect(
             ControlRequest.parse(UnsafeRawBufferPointer(start: nil, count: 0)).failureCode == .badRequest)
 
@@ -350,7 +350,7 @@ extension Result where Failure == ControlError {
     }
 }
 
-extension Result where Success == ControlRequest, Failure == ControlRequest.Failure {
+extension Result where Success == ControlRequest, Failure == ControlRequest.TaggedError {
     fileprivate var failureCode: ControlErrorCode? {
         if case .failure(let failure) = self { return failure.error.code }
         return nil
@@ -376,7 +376,7 @@ extension Result where Success == ControlRequest, Failure == ControlRequest.Fail
         #expect(
             replyText(ControlReply.error(ControlError(.internalError, "x"), tag: nil))
                 == #"{"ok":false,"error":{"code":"internal","message":"x"}}"#)
-        let failure = ControlRequest.Failure(.notAttached("nothing attached"), tag: .null)
+        let failure = ControlRequest.TaggedError(.notAttached("nothing attached"), tag: .null)
         #expect(
             replyText(ControlReply.error(failure))
                 == #"{"ok":false,"error":{"code":"not-attached","message":"nothing attached"},"tag":null}"#)

@@ -82,7 +82,7 @@ import Testing
     }
 
     @Test func missingDirectoryIsENOENT() {
-        #expect(throws: ImageCreator.Failure.self) {
+        #expect(throws: ImageCreator.CreationError.self) {
             try ImageCreator.create(path: "/nonexistent-\(getpid())/x.img", sizeBytes: 512, preallocation: .off)
         }
     }

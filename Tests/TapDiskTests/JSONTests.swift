@@ -7,7 +7,7 @@ typealias JSONFuzzRandom = SplitMix
 
 private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
-private func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
+private func parseFailure(_ input: [UInt8]) -> JSONParser.SyntaxError? {
     do {
         _ = try JSONParser.parse(input)
         return nil
@@ -82,7 +82,7 @@ private func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
 @Suite struct JSONParserRejectionTests {
     @Test(
         arguments: [
-            ("", JSONParser.Failure.Reason.unexpectedEnd),
+            ("", JSONParser.SyntaxError.Reason.unexpectedEnd),
             ("   ", .unexpectedEnd),
             ("{", .unexpectedEnd),
             ("[1", .unexpectedEnd),
@@ -152,8 +152,8 @@ private func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
             ("{\"a\":1,\"b\":{\"c\":1,\"c\":1}}", .duplicateKey),
             ("[{\"x\":[{\"k\":1,\"k\":1}]}]", .duplicateKey),
             ("{\"a\":1,\"\\u0061\":2}", .duplicateKey),
-        ] as [(String, JSONParser.Failure.Reason)])
-    func rejects(_ input: String, _ reason: JSONParser.Failure.Reason) {
+        ] as [(String, JSONParser.SyntaxError.Reason)])
+    func rejects(_ input: String, _ reason: JSONParser.SyntaxError.Reason) {
         #expect(parseFailure(bytes(input))?.reason == reason, "input: \(input.debugDescription)")
     }
 
@@ -184,11 +184,11 @@ private func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
     }
 
     @Test func failureOffsetsPointAtTheProblem() {
-        #expect(parseFailure(bytes("[1,]")) == JSONParser.Failure(.unexpectedByte, at: 3))
-        #expect(parseFailure(bytes("{\"a\":1,\"a\":2}")) == JSONParser.Failure(.duplicateKey, at: 7))
-        #expect(parseFailure(bytes("\"ab\\uDC00\"")) == JSONParser.Failure(.loneSurrogate, at: 3))
+        #expect(parseFailure(bytes("[1,]")) == JSONParser.SyntaxError(.unexpectedByte, at: 3))
+        #expect(parseFailure(bytes("{\"a\":1,\"a\":2}")) == JSONParser.SyntaxError(.duplicateKey, at: 7))
+        #expect(parseFailure(bytes("\"ab\\uDC00\"")) == JSONParser.SyntaxError(.loneSurrogate, at: 3))
         #expect(
-            parseFailure([0x22, 0x61, 0xC0, 0x80, 0x22]) == JSONParser.Failure(.invalidUTF8, at: 2))
+            parseFailure([0x22, 0x61, 0xC0, 0x80, 0x22]) == JSONParser.SyntaxError(.invalidUTF8, at: 2))
     }
 
     @Test func depthLimit() throws {
@@ -208,7 +208,7 @@ private func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
         // Far deeper than any stack would survive with unbounded recursion.
         #expect(parseFailure(Array(repeating: UInt8(ascii: "["), count: 1_000_000))?.reason == .tooDeep)
         #expect(parseFailure(bytes(String(repeating: "{\"a\":[", count: 100_000)))?.reason == .tooDeep)
-        #expect(parseFailure(bytes("[[[")) == JSONParser.Failure(.unexpectedEnd, at: 3))
+        #expect(parseFailure(bytes("[[[")) == JSONParser.SyntaxError(.unexpectedEnd, at: 3))
         #expect(try JSONParser.parse("[[[1]]]", maxDepth: 3) == [[[1]]])
         #expect(parseFailure(bytes("[[[1]]]"), maxDepth: 2)?.reason == .tooDeep)
     }
@@ -216,25 +216,25 @@ private func parseFailure(_ input: [UInt8]) -> JSONParser.Failure? {
     @Test func reportingModeKeepsDuplicatesAndNotesTheFirst() throws {
         let input = bytes(#"{"a":1,"b":{"c":1,"c":2},"a":3}"#)
         let document = try input.withUnsafeBytes { buffer in
-            Result { () throws(JSONParser.Failure) in try JSONParser.parseReportingDuplicateKeys(buffer) }
+            Result { () throws(JSONParser.SyntaxError) in try JSONParser.parseReportingDuplicateKeys(buffer) }
         }.get()
         #expect(document.firstDuplicateKeyOffset == 18)
         #expect(document.value["a"] == 1)
         #expect(document.value.objectValue?.occurrences(ofKey: "a") == 2)
         let clean = try bytes(#"{"a":1}"#).withUnsafeBytes { buffer in
-            Result { () throws(JSONParser.Failure) in try JSONParser.parseReportingDuplicateKeys(buffer) }
+            Result { () throws(JSONParser.SyntaxError) in try JSONParser.parseReportingDuplicateKeys(buffer) }
         }.get()
         #expect(clean.firstDuplicateKeyOffset == nil)
     }
 
     @Test func emptyBufferWithoutBaseAddress() {
-        #expect(throws: JSONParser.Failure(.unexpectedEnd, at: 0)) {
+        #expect(throws: JSONParser.SyntaxError(.unexpectedEnd, at: 0)) {
             try JSONParser.parse(UnsafeRawBufferPointer(start: nil, count: 0))
         }
     }
 }
 
-private func parseFailure(_ input: [UInt8], maxDepth: Int) -> JSONParser.Failure? {
+private func parseFailure(_ input: [UInt8], maxDepth: Int) -> JSONParser.SyntaxError? {
     do {
         _ = try JSONParser.parse(input, maxDepth: maxDepth)
         return nil

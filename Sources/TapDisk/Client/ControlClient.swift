@@ -6,7 +6,7 @@ import Glibc
 /// Synchronous by design (one request, one reply): events that arrive in between, after
 /// `subscribe`, are queued for `nextEvent` rather than mistaken for replies.
 package final class ControlClient {
-    package enum Failure: Error, CustomStringConvertible {
+    package enum ClientError: Error, CustomStringConvertible {
         case system(Errno)
         /// The daemon closed the connection.
         case closed
@@ -38,7 +38,7 @@ package final class ControlClient {
     private let buffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
 
-    package init(socketPath: String) throws(Failure) {
+    package init(socketPath: String) throws(ClientError) {
         let fd = clibaio_unix_connect(socketPath)
         guard fd >= 0 else { throw .system(Errno(rawValue: -fd)) }
         self.fd = FileDescriptor(adopting: fd)
@@ -47,7 +47,7 @@ package final class ControlClient {
     deinit { buffer.deallocate() }
 
     /// Sends raw bytes (tests use this for malformed input) with optional fds.
-    package func sendRaw(_ bytes: [UInt8], fds: [Int32] = []) throws(Failure) {
+    package func sendRaw(_ bytes: [UInt8], fds: [Int32] = []) throws(ClientError) {
         let n = bytes.withUnsafeBytes { raw in
             fds.withUnsafeBufferPointer {
                 clibaio_send_datagram(fd.rawValue, raw.baseAddress, raw.count, $0.baseAddress, Int32(fds.count), 0)
@@ -57,7 +57,7 @@ package final class ControlClient {
     }
 
     /// Receives the next datagram of any kind, parsed (nil on timeout).
-    package func receive(timeoutMilliseconds: Int32) throws(Failure) -> JSONObject? {
+    package func receive(timeoutMilliseconds: Int32) throws(ClientError) -> JSONObject? {
         var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
         let ready = poll(&p, 1, timeoutMilliseconds)
         if ready == 0 { return nil }
@@ -79,9 +79,9 @@ package final class ControlClient {
         guard n <= ControlRequest.maxDatagramSize else { throw .malformed("oversized datagram") }
         do {
             let value = try JSONParser.parse(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            guard let object = value.objectValue else { throw Failure.malformed("not an object") }
+            guard let object = value.objectValue else { throw ClientError.malformed("not an object") }
             return object
-        } catch let f as Failure {
+        } catch let f as ClientError {
             throw f
         } catch {
             throw .malformed("\(error)")
@@ -89,7 +89,7 @@ package final class ControlClient {
     }
 
     /// The next reply (events are queued aside), or nil on timeout.
-    package func receiveReply(timeoutMilliseconds: Int32 = 30_000) throws(Failure) -> JSONObject {
+    package func receiveReply(timeoutMilliseconds: Int32 = 30_000) throws(ClientError) -> JSONObject {
         let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
             let now = MonotonicClock.nanoseconds()
@@ -108,7 +108,7 @@ package final class ControlClient {
     /// Sends a command and returns its reply, whether ok or not.
     package func request(
         _ command: String, _ arguments: JSONObject = [:], fds: [Int32] = [], timeoutMilliseconds: Int32 = 30_000
-    ) throws(Failure) -> JSONObject {
+    ) throws(ClientError) -> JSONObject {
         var object = JSONObject()
         object.set("cmd", .string(command))
         object.set("tag", .int(nextTag))
@@ -129,11 +129,11 @@ package final class ControlClient {
         return try receiveReply(timeoutMilliseconds: timeoutMilliseconds)
     }
 
-    /// Sends a command; an `ok: false` reply becomes `Failure.refused`.
+    /// Sends a command; an `ok: false` reply becomes `ClientError.refused`.
     @discardableResult
     package func call(
         _ command: String, _ arguments: JSONObject = [:], fds: [Int32] = [], timeoutMilliseconds: Int32 = 30_000
-    ) throws(Failure) -> JSONObject {
+    ) throws(ClientError) -> JSONObject {
         let reply = try request(command, arguments, fds: fds, timeoutMilliseconds: timeoutMilliseconds)
         if reply["ok"]?.boolValue == true { return reply }
         let error = reply["error"]?.objectValue
@@ -141,7 +141,7 @@ package final class ControlClient {
     }
 
     /// The next event (queued or arriving within the timeout).
-    package func nextEvent(timeoutMilliseconds: Int32) throws(Failure) -> JSONObject? {
+    package func nextEvent(timeoutMilliseconds: Int32) throws(ClientError) -> JSONObject? {
         if !events.isEmpty { return events.removeFirst() }
         let deadline = MonotonicClock.nanoseconds() + UInt64(max(0, timeoutMilliseconds)) * 1_000_000
         while true {

@@ -13,7 +13,7 @@ package final class RemoteDisk {
     package var sectorSize: Int { Int(attachReply["sector-size"]?.uint64Value ?? 512) }
 
     /// Connects, prepares the memfd and eventfds, and attaches (§2.2).
-    package init(socketPath: String, pageOrder: Int = 4, dataPages: Int = 1024) throws(ControlClient.Failure) {
+    package init(socketPath: String, pageOrder: Int = 4, dataPages: Int = 1024) throws(ControlClient.ClientError) {
         control = try ControlClient(socketPath: socketPath)
         do {
             frontend = try BlockFrontend(pageOrder: pageOrder, dataPages: dataPages)
@@ -43,7 +43,7 @@ package final class RemoteDisk {
     }
 
     /// Detaches; returns the daemon's `completed` and `req-cons`.
-    package func detach() throws(ControlClient.Failure) -> (completed: UInt64, reqCons: UInt64) {
+    package func detach() throws(ControlClient.ClientError) -> (completed: UInt64, reqCons: UInt64) {
         let reply = try control.call("detach", timeoutMilliseconds: 120_000)
         return (reply["completed"]?.uint64Value ?? 0, reply["req-cons"]?.uint64Value ?? 0)
     }

@@ -39,7 +39,7 @@ package enum ControlReply {
     }
 
     /// The error reply for a request that failed to parse.
-    package static func error(_ failure: ControlRequest.Failure) -> [UInt8] {
+    package static func error(_ failure: ControlRequest.TaggedError) -> [UInt8] {
         error(failure.error, tag: failure.tag)
     }
 

@@ -16,7 +16,7 @@ package struct ControlRequest: Sendable {
 
     /// What went wrong, with the request's tag when it could be recovered, so the error reply
     /// still matches the request it answers.
-    package struct Failure: Error, Equatable, Sendable {
+    package struct TaggedError: Error, Equatable, Sendable {
         package var error: ControlError
         /// nil when the request had no tag, or the tag itself was the problem, or the datagram
         /// was not a JSON object at all.
@@ -40,26 +40,26 @@ package struct ControlRequest: Sendable {
         self.arguments = arguments
     }
 
-    package static func parse(_ bytes: [UInt8]) -> Result<ControlRequest, Failure> {
+    package static func parse(_ bytes: [UInt8]) -> Result<ControlRequest, TaggedError> {
         bytes.withUnsafeBytes { parse($0) }
     }
 
-    package static func parse(_ bytes: UnsafeRawBufferPointer) -> Result<ControlRequest, Failure> {
+    package static func parse(_ bytes: UnsafeRawBufferPointer) -> Result<ControlRequest, TaggedError> {
         if bytes.isEmpty {
-            return .failure(Failure(.badRequest("empty datagram"), tag: nil))
+            return .failure(TaggedError(.badRequest("empty datagram"), tag: nil))
         }
         if bytes.count > maxDatagramSize {
             return .failure(
-                Failure(.badRequest("datagram larger than \(maxDatagramSize) bytes"), tag: nil))
+                TaggedError(.badRequest("datagram larger than \(maxDatagramSize) bytes"), tag: nil))
         }
         let document: JSONParser.Document
         do {
             document = try JSONParser.parseReportingDuplicateKeys(bytes)
         } catch {
-            return .failure(Failure(.badRequest("not valid JSON: \(error)"), tag: nil))
+            return .failure(TaggedError(.badRequest("not valid JSON: \(error)"), tag: nil))
         }
         guard case .object(let object) = document.value else {
-            return .failure(Failure(.badRequest("not a JSON object"), tag: nil))
+            return .failure(TaggedError(.badRequest("not a JSON object"), tag: nil))
         }
 
         // The tag first, so that every later failure can be answered with it.
@@ -70,21 +70,21 @@ package struct ControlRequest: Sendable {
         case 1:
             let candidate = object["tag"] ?? .null
             if let problem = tagProblem(candidate) {
-                return .failure(Failure(.badRequest(problem), tag: nil))
+                return .failure(TaggedError(.badRequest(problem), tag: nil))
             }
             tag = candidate
         default:
-            return .failure(Failure(.badRequest("duplicate key \"tag\""), tag: nil))
+            return .failure(TaggedError(.badRequest("duplicate key \"tag\""), tag: nil))
         }
 
         if let offset = document.firstDuplicateKeyOffset {
-            return .failure(Failure(.badRequest("duplicate object key at byte \(offset)"), tag: tag))
+            return .failure(TaggedError(.badRequest("duplicate object key at byte \(offset)"), tag: tag))
         }
         guard let commandValue = object["cmd"] else {
-            return .failure(Failure(.badRequest("missing \"cmd\""), tag: tag))
+            return .failure(TaggedError(.badRequest("missing \"cmd\""), tag: tag))
         }
         guard case .string(let command) = commandValue else {
-            return .failure(Failure(.badRequest("\"cmd\" must be a string"), tag: tag))
+            return .failure(TaggedError(.badRequest("\"cmd\" must be a string"), tag: tag))
         }
         return .success(ControlRequest(command: command, tag: tag, arguments: object))
     }

@@ -10,7 +10,7 @@
 package struct JSONParser {
     package static let defaultMaxDepth = 64
 
-    package struct Failure: Error, Equatable, Sendable, CustomStringConvertible {
+    package struct SyntaxError: Error, Equatable, Sendable, CustomStringConvertible {
         package enum Reason: String, Equatable, Sendable {
             case unexpectedEnd = "unexpected end of input"
             case unexpectedByte = "unexpected character"
@@ -58,21 +58,21 @@ package struct JSONParser {
 
     package static func parse(
         _ bytes: UnsafeRawBufferPointer, maxDepth: Int = defaultMaxDepth
-    ) throws(Failure) -> JSONValue {
+    ) throws(SyntaxError) -> JSONValue {
         var parser = JSONParser(bytes, maxDepth: maxDepth, keepDuplicateKeys: false)
         return try parser.parseDocument()
     }
 
-    package static func parse(_ bytes: [UInt8], maxDepth: Int = defaultMaxDepth) throws(Failure)
+    package static func parse(_ bytes: [UInt8], maxDepth: Int = defaultMaxDepth) throws(SyntaxError)
         -> JSONValue
     {
         let result = bytes.withUnsafeBytes { buffer in
-            Result { () throws(Failure) -> JSONValue in try parse(buffer, maxDepth: maxDepth) }
+            Result { () throws(SyntaxError) -> JSONValue in try parse(buffer, maxDepth: maxDepth) }
         }
         return try result.get()
     }
 
-    package static func parse(_ text: String, maxDepth: Int = defaultMaxDepth) throws(Failure)
+    package static func parse(_ text: String, maxDepth: Int = defaultMaxDepth) throws(SyntaxError)
         -> JSONValue
     {
         try parse(Array(text.utf8), maxDepth: maxDepth)
@@ -84,7 +84,7 @@ package struct JSONParser {
     /// duplicated. The returned value must not be used for anything else.
     package static func parseReportingDuplicateKeys(
         _ bytes: UnsafeRawBufferPointer, maxDepth: Int = defaultMaxDepth
-    ) throws(Failure) -> Document {
+    ) throws(SyntaxError) -> Document {
         var parser = JSONParser(bytes, maxDepth: maxDepth, keepDuplicateKeys: true)
         let value = try parser.parseDocument()
         return Document(value: value, firstDuplicateKeyOffset: parser.firstDuplicateKeyOffset)
@@ -92,17 +92,17 @@ package struct JSONParser {
 
     // MARK: - Grammar
 
-    private mutating func parseDocument() throws(Failure) -> JSONValue {
+    private mutating func parseDocument() throws(SyntaxError) -> JSONValue {
         skipWhitespace()
         let value = try parseValue(depth: 0)
         skipWhitespace()
-        guard position == bytes.count else { throw Failure(.trailingData, at: position) }
+        guard position == bytes.count else { throw SyntaxError(.trailingData, at: position) }
         return value
     }
 
     /// `depth` is the number of containers enclosing this value.
-    private mutating func parseValue(depth: Int) throws(Failure) -> JSONValue {
-        guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+    private mutating func parseValue(depth: Int) throws(SyntaxError) -> JSONValue {
+        guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
         switch bytes[position] {
         case UInt8(ascii: "{"):
             return try parseObject(depth: depth + 1)
@@ -122,12 +122,12 @@ package struct JSONParser {
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
             return .number(try parseNumber())
         default:
-            throw Failure(.unexpectedByte, at: position)
+            throw SyntaxError(.unexpectedByte, at: position)
         }
     }
 
-    private mutating func parseObject(depth: Int) throws(Failure) -> JSONValue {
-        guard depth <= maxDepth else { throw Failure(.tooDeep, at: position) }
+    private mutating func parseObject(depth: Int) throws(SyntaxError) -> JSONValue {
+        guard depth <= maxDepth else { throw SyntaxError(.tooDeep, at: position) }
         position += 1  // "{"
         var object = JSONObject()
         // Beyond a few keys, duplicate checks switch from scanning to hashing, so a 64 KiB
@@ -140,9 +140,9 @@ package struct JSONParser {
         }
         while true {
             skipWhitespace()
-            guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+            guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
             guard bytes[position] == UInt8(ascii: "\"") else {
-                throw Failure(.unexpectedByte, at: position)
+                throw SyntaxError(.unexpectedByte, at: position)
             }
             let keyOffset = position
             let key = try parseString()
@@ -156,20 +156,20 @@ package struct JSONParser {
                 duplicate = !seen.insert(KeyBytes(key)).inserted
             }
             if duplicate {
-                guard keepDuplicateKeys else { throw Failure(.duplicateKey, at: keyOffset) }
+                guard keepDuplicateKeys else { throw SyntaxError(.duplicateKey, at: keyOffset) }
                 if firstDuplicateKeyOffset == nil { firstDuplicateKeyOffset = keyOffset }
             }
             skipWhitespace()
-            guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+            guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
             guard bytes[position] == UInt8(ascii: ":") else {
-                throw Failure(.unexpectedByte, at: position)
+                throw SyntaxError(.unexpectedByte, at: position)
             }
             position += 1
             skipWhitespace()
             let value = try parseValue(depth: depth)
             object.appendUnchecked(key, value)
             skipWhitespace()
-            guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+            guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
             switch bytes[position] {
             case UInt8(ascii: ","):
                 position += 1
@@ -177,13 +177,13 @@ package struct JSONParser {
                 position += 1
                 return .object(object)
             default:
-                throw Failure(.unexpectedByte, at: position)
+                throw SyntaxError(.unexpectedByte, at: position)
             }
         }
     }
 
-    private mutating func parseArray(depth: Int) throws(Failure) -> JSONValue {
-        guard depth <= maxDepth else { throw Failure(.tooDeep, at: position) }
+    private mutating func parseArray(depth: Int) throws(SyntaxError) -> JSONValue {
+        guard depth <= maxDepth else { throw SyntaxError(.tooDeep, at: position) }
         position += 1  // "["
         var elements: [JSONValue] = []
         skipWhitespace()
@@ -195,7 +195,7 @@ package struct JSONParser {
             skipWhitespace()
             elements.append(try parseValue(depth: depth))
             skipWhitespace()
-            guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+            guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
             switch bytes[position] {
             case UInt8(ascii: ","):
                 position += 1
@@ -203,13 +203,13 @@ package struct JSONParser {
                 position += 1
                 return .array(elements)
             default:
-                throw Failure(.unexpectedByte, at: position)
+                throw SyntaxError(.unexpectedByte, at: position)
             }
         }
     }
 
     /// Called at the opening quote; leaves `position` after the closing quote.
-    private mutating func parseString() throws(Failure) -> String {
+    private mutating func parseString() throws(SyntaxError) -> String {
         position += 1
         let start = position
         // Fast path: no escapes, so the validated bytes become the string directly.
@@ -222,14 +222,14 @@ package struct JSONParser {
                 return text
             }
             if byte == UInt8(ascii: "\\") { break }
-            if byte < 0x20 { throw Failure(.controlCharacter, at: position) }
+            if byte < 0x20 { throw SyntaxError(.controlCharacter, at: position) }
             if byte < 0x80 {
                 position += 1
             } else {
                 try skipUTF8Sequence()
             }
         }
-        guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+        guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
 
         var buffer: [UInt8] = []
         buffer.reserveCapacity(position - start + 16)
@@ -243,7 +243,7 @@ package struct JSONParser {
             case UInt8(ascii: "\\"):
                 try parseEscape(into: &buffer)
             case 0..<0x20:
-                throw Failure(.controlCharacter, at: position)
+                throw SyntaxError(.controlCharacter, at: position)
             case 0x20..<0x80:
                 buffer.append(byte)
                 position += 1
@@ -253,12 +253,12 @@ package struct JSONParser {
                 buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[sequenceStart..<position]))
             }
         }
-        throw Failure(.unexpectedEnd, at: position)
+        throw SyntaxError(.unexpectedEnd, at: position)
     }
 
     /// Validates one multi-byte sequence per Unicode Table 3-7 (well-formed UTF-8), which rules
     /// out overlong forms, surrogates and code points past U+10FFFF by the allowed byte ranges.
-    private mutating func skipUTF8Sequence() throws(Failure) {
+    private mutating func skipUTF8Sequence() throws(SyntaxError) {
         let lead = bytes[position]
         let length: Int
         var secondLow: UInt8 = 0x80
@@ -283,17 +283,17 @@ package struct JSONParser {
             length = 4
             secondHigh = 0x8F
         default:
-            throw Failure(.invalidUTF8, at: position)
+            throw SyntaxError(.invalidUTF8, at: position)
         }
-        guard bytes.count - position >= length else { throw Failure(.invalidUTF8, at: position) }
+        guard bytes.count - position >= length else { throw SyntaxError(.invalidUTF8, at: position) }
         let second = bytes[position + 1]
         guard second >= secondLow, second <= secondHigh else {
-            throw Failure(.invalidUTF8, at: position)
+            throw SyntaxError(.invalidUTF8, at: position)
         }
         var index = 2
         while index < length {
             guard bytes[position + index] & 0xC0 == 0x80 else {
-                throw Failure(.invalidUTF8, at: position)
+                throw SyntaxError(.invalidUTF8, at: position)
             }
             index += 1
         }
@@ -301,10 +301,10 @@ package struct JSONParser {
     }
 
     /// Called at the backslash.
-    private mutating func parseEscape(into buffer: inout [UInt8]) throws(Failure) {
+    private mutating func parseEscape(into buffer: inout [UInt8]) throws(SyntaxError) {
         let escapeOffset = position
         position += 1
-        guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+        guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
         let letter = bytes[position]
         position += 1
         switch letter {
@@ -323,35 +323,35 @@ package struct JSONParser {
                 guard bytes.count - position >= 2,
                     bytes[position] == UInt8(ascii: "\\"),
                     bytes[position + 1] == UInt8(ascii: "u")
-                else { throw Failure(.loneSurrogate, at: escapeOffset) }
+                else { throw SyntaxError(.loneSurrogate, at: escapeOffset) }
                 position += 2
                 let second = try parseHex4()
                 guard (0xDC00...0xDFFF).contains(second) else {
-                    throw Failure(.loneSurrogate, at: escapeOffset)
+                    throw SyntaxError(.loneSurrogate, at: escapeOffset)
                 }
                 scalar = 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
             case 0xDC00...0xDFFF:
-                throw Failure(.loneSurrogate, at: escapeOffset)
+                throw SyntaxError(.loneSurrogate, at: escapeOffset)
             default:
                 scalar = first
             }
             JSONParser.appendUTF8(scalar, to: &buffer)
         default:
-            throw Failure(.invalidEscape, at: escapeOffset)
+            throw SyntaxError(.invalidEscape, at: escapeOffset)
         }
     }
 
-    private mutating func parseHex4() throws(Failure) -> UInt32 {
+    private mutating func parseHex4() throws(SyntaxError) -> UInt32 {
         var value: UInt32 = 0
         for _ in 0..<4 {
-            guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
+            guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
             let byte = bytes[position]
             let digit: UInt8
             switch byte {
             case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
             case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
             case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
-            default: throw Failure(.invalidEscape, at: position)
+            default: throw SyntaxError(.invalidEscape, at: position)
             }
             value = value << 4 | UInt32(digit)
             position += 1
@@ -379,22 +379,22 @@ package struct JSONParser {
         }
     }
 
-    private mutating func parseNumber() throws(Failure) -> JSONNumber {
+    private mutating func parseNumber() throws(SyntaxError) -> JSONNumber {
         let start = position
         if bytes[position] == UInt8(ascii: "-") { position += 1 }
         guard position < bytes.count, isDigit(bytes[position]) else {
-            throw Failure(.invalidNumber, at: start)
+            throw SyntaxError(.invalidNumber, at: start)
         }
         if bytes[position] == UInt8(ascii: "0") {
             position += 1
-            if position < bytes.count, isDigit(bytes[position]) { throw Failure(.leadingZero, at: start) }
+            if position < bytes.count, isDigit(bytes[position]) { throw SyntaxError(.leadingZero, at: start) }
         } else {
             skipDigits()
         }
         if position < bytes.count, bytes[position] == UInt8(ascii: ".") {
             position += 1
             guard position < bytes.count, isDigit(bytes[position]) else {
-                throw Failure(.invalidNumber, at: start)
+                throw SyntaxError(.invalidNumber, at: start)
             }
             skipDigits()
         }
@@ -406,7 +406,7 @@ package struct JSONParser {
                 position += 1
             }
             guard position < bytes.count, isDigit(bytes[position]) else {
-                throw Failure(.invalidNumber, at: start)
+                throw SyntaxError(.invalidNumber, at: start)
             }
             skipDigits()
         }
@@ -423,11 +423,11 @@ package struct JSONParser {
         while position < bytes.count, isDigit(bytes[position]) { position += 1 }
     }
 
-    private mutating func expectLiteral(_ literal: StaticString) throws(Failure) {
+    private mutating func expectLiteral(_ literal: StaticString) throws(SyntaxError) {
         let text = literal.utf8Start
         for index in 0..<literal.utf8CodeUnitCount {
-            guard position < bytes.count else { throw Failure(.unexpectedEnd, at: position) }
-            guard bytes[position] == text[index] else { throw Failure(.unexpectedByte, at: position) }
+            guard position < bytes.count else { throw SyntaxError(.unexpectedEnd, at: position) }
+            guard bytes[position] == text[index] else { throw SyntaxError(.unexpectedByte, at: position) }
             position += 1
         }
     }

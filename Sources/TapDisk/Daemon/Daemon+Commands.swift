@@ -1,7 +1,7 @@
 import Glibc
 
 /// The §2.1 commands. Each either replies at once or leaves a `Deferred` reply on the connection
-/// that `settle` sends when the engine reaches the state it waits for.
+/// that `finishWakeup` sends when the engine reaches the state it waits for.
 extension Daemon {
     func handle(_ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool) {
         let tag = request.tag
@@ -174,7 +174,7 @@ extension Daemon {
         return progressed
     }
 
-    /// An owed reply could be sent now (the settle rounds ran out): the loop must not sleep.
+    /// An owed reply could be sent now (finishWakeup ran out of rounds): the loop must not sleep.
     var owedRepliesAreDue: Bool {
         (engine.state == .closing && engine.isDrained)
             || connections.values.contains { c in

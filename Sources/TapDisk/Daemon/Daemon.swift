@@ -201,7 +201,7 @@ package final class Daemon: DiskLoopHost {
     /// watches EPOLLIN then, so nothing else would wake the loop for it before the next timer
     /// tick. A client that keeps this going past the round limit gets its reply on the next
     /// (zero-timeout) iteration, so other fds are not starved: the return value tells the loop.
-    package func settle() -> Bool {
+    package func finishWakeup() -> Bool {
         for _ in 0..<8 where answerOwedReplies() {}
         for (token, connection) in connections where connection.isClosed {
             closeConnection(token)

@@ -7,10 +7,10 @@ package protocol DiskLoopHost: AnyObject {
     func dispatch(_ ready: Poller.Ready)
     /// Runs after the engine was serviced; returns true when there is more to do at once (an owed
     /// reply whose condition holds), so the loop must not sleep.
-    func settle() -> Bool
+    func finishWakeup() -> Bool
 }
 
-/// One disk's event loop step: wait → service → dispatch → settle.
+/// One disk's event loop step: wait → service → dispatch → finish the wakeup.
 ///
 /// This is the only loop that drives an `Engine`: the daemon runs it forever, and every in-process
 /// test runs the same `step`, so a request that the daemon would never answer is never answered in
@@ -62,7 +62,7 @@ package final class DiskLoop {
     package var hasPendingWork: Bool { engine.needsService || hostHasMore }
 
     /// Waits up to `maxWaitMilliseconds` (-1: until something is ready), then services the engine
-    /// if its fds were ready, dispatches the host's ready sources and lets the host settle. A wait that ends with nothing ready and
+    /// if its fds were ready, dispatches the host's ready sources and lets the host finish the wakeup. A wait that ends with nothing ready and
     /// nothing pending does nothing at all: only readiness or owed work moves the disk.
     /// Returns whether anything was ready or pending (false: the wait timed out idle).
     @discardableResult
@@ -108,7 +108,7 @@ package final class DiskLoop {
             hostReady = true
         }
         guard engineReady || hostReady || pending else { return false }
-        hostHasMore = host.settle()
+        hostHasMore = host.finishWakeup()
         syncKickWatch()
         return true
     }

@@ -27,7 +27,7 @@ package enum ImageCreator {
     }
 
     /// A refusal or failure with the errno a script can act on and a message an operator can read.
-    package struct Failure: Error, Equatable, Sendable, CustomStringConvertible {
+    package struct CreationError: Error, Equatable, Sendable, CustomStringConvertible {
         package var errno: Errno
         package var message: String
         package var description: String { message }
@@ -38,10 +38,10 @@ package enum ImageCreator {
 
     /// Creates `path` of exactly `sizeBytes` bytes (mode 0600: images hold guest data).
     ///
-    /// - Throws: `Failure` with `EINVAL` for a size that is zero or not a multiple of 512,
+    /// - Throws: `CreationError` with `EINVAL` for a size that is zero or not a multiple of 512,
     ///   `EFBIG` for a size beyond `off_t`, `EEXIST` when `path` exists, otherwise the errno of the
     ///   failing call (`ENOSPC`, `EDQUOT`, `EIO`, ...); in those cases the file has been removed.
-    package static func create(path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(Failure) {
+    package static func create(path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(CreationError) {
         try validate(sizeBytes: sizeBytes)
 
         // O_RDWR, not O_WRONLY: glibc's posix_fallocate emulation (filesystems without
@@ -50,34 +50,34 @@ package enum ImageCreator {
         if fd < 0 {
             let e = Errno(rawValue: -fd)
             if e.rawValue == EEXIST {
-                throw Failure(
+                throw CreationError(
                     errno: e,
                     message: "\(path) already exists; refusing to overwrite it (remove it first if you mean to)")
             }
-            throw Failure(errno: e, message: "cannot create \(path): \(e)")
+            throw CreationError(errno: e, message: "cannot create \(path): \(e)")
         }
 
-        do throws(Failure) {
+        do throws(CreationError) {
             try fill(fd: fd, path: path, sizeBytes: sizeBytes, preallocation: preallocation)
             if fsync(fd) != 0 {
                 let e = Errno.current
-                throw Failure(errno: e, message: "cannot fsync \(path): \(e)")
+                throw CreationError(errno: e, message: "cannot fsync \(path): \(e)")
             }
         } catch {
             close(fd)
             removeAndSyncDirectory(path)
-            throw Failure(errno: error.errno, message: error.message + "; the partial file was removed")
+            throw CreationError(errno: error.errno, message: error.message + "; the partial file was removed")
         }
         if close(fd) != 0 {
             let e = Errno.current
             removeAndSyncDirectory(path)
-            throw Failure(errno: e, message: "cannot close \(path): \(e); the partial file was removed")
+            throw CreationError(errno: e, message: "cannot close \(path): \(e); the partial file was removed")
         }
         do throws(Errno) {
             try syncDirectory(of: path)
         } catch {
             removeAndSyncDirectory(path)
-            throw Failure(
+            throw CreationError(
                 errno: error, message: "cannot fsync the directory of \(path): \(error); the file was removed")
         }
     }
@@ -85,34 +85,34 @@ package enum ImageCreator {
     /// The size checks of `create`, for callers that judge a size before touching anything
     /// (the command line reports a bad `--size` as a usage error): `EINVAL` for zero or a size
     /// that is not a multiple of 512, `EFBIG` beyond `off_t`.
-    package static func validate(sizeBytes: UInt64) throws(Failure) {
+    package static func validate(sizeBytes: UInt64) throws(CreationError) {
         guard sizeBytes > 0 else {
-            throw Failure(
+            throw CreationError(
                 errno: Errno(rawValue: EINVAL), message: "invalid size 0: an image needs at least one 512-byte sector")
         }
         guard sizeBytes % 512 == 0 else {
-            throw Failure(
+            throw CreationError(
                 errno: Errno(rawValue: EINVAL),
                 message: "invalid size \(sizeBytes): must be a multiple of 512 bytes (the sector size)")
         }
         guard sizeBytes <= UInt64(Int64.max) else {
-            throw Failure(errno: Errno(rawValue: EFBIG), message: "invalid size \(sizeBytes): too large for a file")
+            throw CreationError(errno: Errno(rawValue: EFBIG), message: "invalid size \(sizeBytes): too large for a file")
         }
     }
 
-    private static func fill(fd: Int32, path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(Failure) {
+    private static func fill(fd: Int32, path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(CreationError) {
         let size = Int64(sizeBytes)
         switch preallocation {
         case .off:
             if ftruncate(fd, off_t(size)) != 0 {
                 let e = Errno.current
-                throw Failure(errno: e, message: "cannot set the size of \(path) to \(sizeBytes) bytes: \(e)")
+                throw CreationError(errno: e, message: "cannot set the size of \(path) to \(sizeBytes) bytes: \(e)")
             }
         case .falloc:
             let rc = clibaio_posix_fallocate(fd, 0, size)
             if rc < 0 {
                 let e = Errno(rawValue: -rc)
-                throw Failure(errno: e, message: "cannot preallocate \(sizeBytes) bytes for \(path): \(e)")
+                throw CreationError(errno: e, message: "cannot preallocate \(sizeBytes) bytes for \(path): \(e)")
             }
         case .full:
             let zeros = [UInt8](repeating: 0, count: chunkSize)
@@ -123,10 +123,10 @@ package enum ImageCreator {
                 if n < 0 {
                     if errno == EINTR { continue }
                     let e = Errno.current
-                    throw Failure(errno: e, message: "cannot write zeros to \(path) at offset \(offset): \(e)")
+                    throw CreationError(errno: e, message: "cannot write zeros to \(path) at offset \(offset): \(e)")
                 }
                 if n == 0 {  // Not expected from a regular file; treat as out of space, never spin.
-                    throw Failure(
+                    throw CreationError(
                         errno: Errno(rawValue: ENOSPC),
                         message: "cannot write zeros to \(path) at offset \(offset): no progress")
                 }

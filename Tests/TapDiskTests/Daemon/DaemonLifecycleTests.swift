@@ -182,7 +182,7 @@ import Testing
         let c = try daemon.client()
         #expect(daemon.terminate() == 0)
         #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
-        #expect(throws: ControlClient.Failure.self) { try c.call("info") }
+        #expect(throws: ControlClient.ClientError.self) { try c.call("info") }
     }
 
     // MARK: - §1 socket file

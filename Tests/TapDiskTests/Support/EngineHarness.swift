@@ -105,7 +105,7 @@ final class EngineHarness: DiskLoopHost {
         collect()
     }
 
-    func settle() -> Bool { false }
+    func finishWakeup() -> Bool { false }
 
     // MARK: - Running the loop
 
