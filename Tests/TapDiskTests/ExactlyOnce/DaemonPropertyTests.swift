@@ -215,7 +215,7 @@ import Testing
             }
         }
         print(
-            "daemon property \(policy) seed \(seed): \(Self.total) requests, \(okayWrites) OKAY writes, \(okayReads) OKAY reads, \(indirectSent) INDIRECT, \(invalid) invalid, errors \(stats["responses-error"]), short \(stats["short-completions"]), resubmitted \(stats["resubmitted-requests"]), resumes \(resumes), quiet waits \(quietWaits), unnotified \(unnotified)"
+            "daemon property \(policy) seed \(seed): \(Self.total) requests, \(okayWrites) OKAY writes, \(okayReads) OKAY reads, \(invalid) invalid, errors \(stats["responses-error"]), short \(stats["short-completions"]), resubmitted \(stats["resubmitted-requests"]), resumes \(resumes), quiet waits \(quietWaits), unnotified \(unnotified)"
         )
         #expect(okayWrites > 200 && stats["responses-error"] > UInt64(invalid))
         #expect(stats["short-completions"] > 10)
