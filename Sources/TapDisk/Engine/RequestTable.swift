@@ -47,8 +47,9 @@ struct RequestRecord {
 /// ring (order 4, 512 entries), 48 MiB of address space at order 8. Any ring entry may be
 /// INDIRECT, so a smaller shared pool would need back-pressure on consumption; instead these two
 /// arrays are allocated without being initialized (plain C structs, always written before they
-/// are read): glibc serves allocations this large with `mmap`, so only the pages of entries that
-/// carried long requests ever become resident.
+/// are read). Allocations this large typically come from fresh `mmap` (glibc's threshold is
+/// 128 KiB) or untouched heap, which the kernel backs page by page on first write, so mostly the
+/// pages of entries that carried long requests become resident; the worst case is the full size.
 struct RequestTable: ~Copyable {
     /// Segment and iovec room per record index.
     static let segmentsPerRequest = RingLayout.maxIndirectSegments
