@@ -39,6 +39,16 @@ _Static_assert(offsetof(struct clibaio_blkif_segment, last_sect) == 5, "last_sec
 _Static_assert(sizeof(struct clibaio_blkif_response) == 16, "response is 16 bytes");
 _Static_assert(offsetof(struct clibaio_blkif_response, operation) == 8, "rsp operation @8");
 _Static_assert(offsetof(struct clibaio_blkif_response, status) == 10, "rsp status @10");
+_Static_assert(sizeof(struct clibaio_blkif_request_indirect) == CLIBAIO_BLKIF_SLOT_SIZE,
+               "indirect slot is 112 bytes");
+_Static_assert(offsetof(struct clibaio_blkif_request_indirect, indirect_op) == 1, "indirect_op @1");
+_Static_assert(offsetof(struct clibaio_blkif_request_indirect, nr_segments) == 2, "indirect nr_segments @2");
+_Static_assert(offsetof(struct clibaio_blkif_request_indirect, id) == 8, "indirect id @8");
+_Static_assert(offsetof(struct clibaio_blkif_request_indirect, sector_number) == 16, "indirect sector @16");
+_Static_assert(offsetof(struct clibaio_blkif_request_indirect, handle) == 24, "indirect handle @24");
+_Static_assert(offsetof(struct clibaio_blkif_request_indirect, indirect_grefs) == 28, "indirect_grefs @28");
+_Static_assert(CLIBAIO_BLKIF_SEGMENTS_PER_INDIRECT_PAGE * sizeof(struct clibaio_blkif_segment) == 4096,
+               "512 descriptors fill one page");
 _Static_assert(sizeof(struct iocb) == 64, "struct iocb is 64 bytes (kernel ABI)");
 _Static_assert(sizeof(struct io_event) == 32, "struct io_event is 32 bytes (kernel ABI)");
 _Static_assert(sizeof(struct iovec) == 16, "struct iovec is 16 bytes");
@@ -64,6 +74,11 @@ uint64_t clibaio_blkif_discard_sectors(const struct clibaio_blkif_request *req) 
     uint64_t n;
     memcpy(&n, (const uint8_t *)req + 24, sizeof(n));
     return n;
+}
+
+void clibaio_blkif_copy_segments(struct clibaio_blkif_segment *dst, const void *page, unsigned count) {
+    memcpy(dst, page, (size_t)count * sizeof(*dst));
+    __asm__ __volatile__("" ::: "memory");
 }
 
 // MARK: - libaio (libaio returns -errno and leaves errno alone)

@@ -199,4 +199,56 @@ private final class DataPathDriver {
             allocations == 0,
             "\(allocations) heap allocations in \(requests) steady-state \(operation.eventName) requests")
     }
+    /// The same for INDIRECT requests of 64 segments (256 KiB), QD4: the descriptor copy, its
+    /// validation and the 64 iovecs use only the table preallocated at attach.
+    @Test(arguments: [BlkifOperation.read, .write])
+    func steadyStateAllocationsPerIndirectRequest(operation: BlkifOperation) throws {
+        try #require(mallocCounterActive, "the malloc counter is not interposed")
+        let depth = 4
+        let segments = 64
+        let h = try EngineHarness(
+            imageBytes: Self.imageBytes, cache: .none, pageOrder: 2, dataPages: depth * (segments + 1))
+        var received = 0
+        var failures = 0
+        h.responseSink = { r in
+            received += 1
+            if r.status != 0 { failures += 1 }
+        }
+        // Request k uses data pages k*64..<(k+1)*64 and descriptor page depth*64 + k.
+        for k in 0..<depth {
+            BlkifRequest.writeDescriptors(
+                (0..<segments).map { BlkifSegment(gref: UInt32(k * segments + $0)) },
+                to: h.frontend.page(UInt32(depth * segments + k)))
+        }
+        var request = BlkifRequest.indirect(
+            indirectOperation: operation.rawValue, id: 0, sector: 0, nrSegments: UInt16(segments), indirectGrefs: [0])
+        let slots = UInt64(Self.imageBytes / (segments * 4096))
+        var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func batch() {
+            for k in 0..<depth {
+                rng ^= rng << 13
+                rng ^= rng >> 7
+                rng ^= rng << 17
+                request.id &+= 1
+                request.sector_number = (rng % slots) * UInt64(segments * 8)
+                withUnsafeMutableBytes(of: &request) {
+                    $0.storeBytes(of: UInt32(depth * segments + k), toByteOffset: 28, as: UInt32.self)
+                }
+                h.frontend.enqueue(request)
+            }
+            received = 0
+            h.frontend.push()
+            while received < depth { h.loop.step(h, maxWaitMilliseconds: 1000) }
+        }
+        for _ in 0..<200 { batch() }
+        let batches = 2000 / depth
+        let allocations = countAllocations {
+            for _ in 0..<batches { batch() }
+        }
+        print(
+            "allocations-per-request indirect \(operation.eventName) x\(segments) qd\(depth): \(allocations) allocations / \(batches * depth) requests"
+        )
+        #expect(failures == 0)
+        #expect(allocations == 0, "\(allocations) heap allocations in \(batches * depth) INDIRECT requests")
+    }
 }

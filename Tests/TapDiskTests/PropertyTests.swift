@@ -4,8 +4,8 @@ import Testing
 
 @testable import TapDisk
 
-/// Thousands of random requests under random faults: every id is answered exactly once with its
-/// operation echoed, no failed transfer is answered OKAY, OKAY data is really on disk, and the
+/// Thousands of random requests (a third of the READs and WRITEs INDIRECT) under random faults:
+/// every id is answered exactly once with its operation (an INDIRECT's indirect_op) echoed, no failed transfer is answered OKAY, OKAY data is really on disk, and the
 /// counters reconcile with what the seam injected.
 @Suite struct PropertyTests {
     static let blocks = 2048  // 8 MiB of 4 KiB blocks
@@ -44,6 +44,7 @@ import Testing
         var invalid = 0
         var answered = Set<UInt64>()
         var okayWrites = 0
+        var indirectRequests = 0
 
         struct Pending {
             var op: UInt8
@@ -62,26 +63,41 @@ import Testing
                 let id = nextID
                 nextID += 1
                 let roll = rng.next() % 100
-                let count = Int(1 + rng.next() % 11)
+                // A third of the READs, WRITEs and invalid requests are INDIRECT, with up to 24
+                // segments; their descriptors take one more data page.
+                let indirect = (roll < 75 || roll >= 94) && rng.next() % 3 == 0
+                let count = Int(1 + rng.next() % (indirect ? 24 : 11))
                 let start = Int(rng.next() % UInt64(Self.blocks - count))
                 if (start..<(start + count)).contains(where: { used[$0] }) { continue }
+                if Int(gref) + count + 1 > 512 { continue }
                 for b in start..<(start + count) { used[b] = true }
                 let grefs = (0..<count).map { gref + UInt32($0) }
                 let segs = grefs.map { BlkifSegment(gref: $0) }
+                func readOrWrite(_ write: Bool) -> clibaio_blkif_request {
+                    guard indirect else {
+                        return write
+                            ? BlkifRequest.write(id: id, sector: UInt64(start) * 8, segments: segs)
+                            : BlkifRequest.read(id: id, sector: UInt64(start) * 8, segments: segs)
+                    }
+                    indirectRequests += 1
+                    return h.frontend.indirectRequest(
+                        write: write, id: id, sector: UInt64(start) * 8, segments: segs,
+                        descriptorPage: gref + UInt32(count))
+                }
                 switch roll {
                 case 0..<35:
-                    batch.append(BlkifRequest.read(id: id, sector: UInt64(start) * 8, segments: segs))
+                    batch.append(readOrWrite(false))
                     pending[id] = Pending(op: 0, firstBlock: start, blockCount: count, grefs: grefs, hashes: [])
-                    gref += UInt32(count)
+                    gref += UInt32(count + (indirect ? 1 : 0))
                 case 35..<75:
                     var hashes: [UInt64] = []
                     for g in grefs {
                         h.fill(gref: g, seed: rng.next())
                         hashes.append(Self.hash(h.frontend.page(g), 4096))
                     }
-                    batch.append(BlkifRequest.write(id: id, sector: UInt64(start) * 8, segments: segs))
+                    batch.append(readOrWrite(true))
                     pending[id] = Pending(op: 1, firstBlock: start, blockCount: count, grefs: grefs, hashes: hashes)
-                    gref += UInt32(count)
+                    gref += UInt32(count + (indirect ? 1 : 0))
                 case 75..<83:
                     batch.append(BlkifRequest.flush(id: id))
                     pending[id] = Pending(op: 3, firstBlock: 0, blockCount: 0, grefs: [], hashes: [])
@@ -92,7 +108,16 @@ import Testing
                     batch.append(BlkifRequest.discard(id: id, sector: UInt64(start) * 8, sectors: UInt64(count) * 8))
                     pending[id] = Pending(op: 5, firstBlock: start, blockCount: count, grefs: [], hashes: [])
                 default:
-                    batch.append(BlkifRequest.read(id: id, sector: UInt64(Self.blocks) * 8, segments: segs))
+                    if indirect {
+                        // 257 segments: ERROR, answered with the indirect_op (READ).
+                        indirectRequests += 1
+                        batch.append(
+                            BlkifRequest.indirect(
+                                indirectOperation: 0, id: id, sector: UInt64(start) * 8, nrSegments: 257,
+                                indirectGrefs: [gref]))
+                    } else {
+                        batch.append(BlkifRequest.read(id: id, sector: UInt64(Self.blocks) * 8, segments: segs))
+                    }
                     pending[id] = Pending(op: 0, firstBlock: -1, blockCount: 0, grefs: [], hashes: [])
                     invalid += 1
                 }
@@ -174,6 +199,7 @@ import Testing
         }
         #expect(f.injectedShort > 20 && f.injectedErrno > 20 && f.injectedSubmitFaults > 10)
         #expect(okayWrites > 300)
+        #expect(indirectRequests > 300)
     }
 
     static let zeroHash: UInt64 = {

@@ -40,6 +40,24 @@ struct clibaio_blkif_request {
     struct clibaio_blkif_segment seg[CLIBAIO_BLKIF_MAX_SEGMENTS];
 };
 
+/// The INDIRECT view of a request slot (Linux blkif_request_indirect): the segment descriptors
+/// live in data pages named by `indirect_grefs`, up to 512 per page.
+#define CLIBAIO_BLKIF_MAX_INDIRECT_PAGES 8
+#define CLIBAIO_BLKIF_SEGMENTS_PER_INDIRECT_PAGE 512
+
+struct clibaio_blkif_request_indirect {
+    uint8_t operation;
+    uint8_t indirect_op;
+    uint16_t nr_segments;
+    uint32_t pad0;
+    uint64_t id;
+    uint64_t sector_number;
+    uint16_t handle;
+    uint16_t pad1;
+    uint32_t indirect_grefs[CLIBAIO_BLKIF_MAX_INDIRECT_PAGES];
+    uint8_t pad2[52];
+};
+
 /// The 16 response bytes at the start of a slot.
 struct clibaio_blkif_response {
     uint64_t id;
@@ -56,6 +74,9 @@ void clibaio_blkif_copy_request(struct clibaio_blkif_request *dst, const void *s
 void clibaio_blkif_write_response(void *slot, uint64_t id, uint8_t operation, int16_t status);
 /// The discard view of a request: `nr_sectors` at offset 24.
 uint64_t clibaio_blkif_discard_sectors(const struct clibaio_blkif_request *req);
+/// Copies `count` segment descriptors out of an indirect page in shared memory exactly once
+/// (XSA-155, as for slots); only the private copy is validated and used.
+void clibaio_blkif_copy_segments(struct clibaio_blkif_segment *dst, const void *page, unsigned count);
 
 // MARK: - libaio
 

@@ -61,7 +61,8 @@ extension Daemon {
             "readonly": .bool(config.readOnly),
             "features": .object([
                 "flush": true, "barrier": true, "discard": .bool(g.discard),
-                "discard-granularity": .uint(UInt64(g.discardGranularity)), "indirect-segments": 0,
+                "discard-granularity": .uint(UInt64(g.discardGranularity)),
+                "indirect-segments": .integer(RingLayout.maxIndirectSegments),
             ]),
             "max-ring-page-order": .integer(config.maxRingPageOrder),
             "state": .string(engine.state.name),

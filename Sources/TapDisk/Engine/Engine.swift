@@ -339,7 +339,16 @@ package final class Engine {
 
     private func start(_ request: clibaio_blkif_request) {
         let accepted: RequestValidator.Accepted
-        switch validator.validate(request) {
+        // INDIRECT (§3.4) is validated over a private copy of its descriptors, which becomes the
+        // record's segments below, and is answered with its indirect_op, valid or not (§3.3).
+        let isIndirect = request.operation == BlkifOperation.indirect.rawValue
+        let responseOperation =
+            isIndirect ? RequestValidator.indirectResponseOperation(request) : request.operation
+        let outcome =
+            isIndirect
+            ? validator.validateIndirect(request, dataBase: dataBase, descriptors: table.indirectDescriptors)
+            : validator.validate(request)
+        switch outcome {
         case .reject(let rejection):
             if rejection.status == .notSupported {
                 counters.unsupportedRequests += 1
@@ -347,7 +356,7 @@ package final class Engine {
                 counters.invalidRequests += 1
             }
             counters.rejections[rejection] += 1
-            answer(id: request.id, operation: request.operation, status: rejection.status)
+            answer(id: request.id, operation: responseOperation, status: rejection.status)
             return
         case .accept(let a):
             accepted = a
@@ -373,22 +382,27 @@ package final class Engine {
         // The ring check bounds outstanding requests by the table size, so this cannot fail for
         // a well-formed ring; a record shortage is answered rather than dropped regardless.
         guard let index = table.allocate() else {
-            answer(id: request.id, operation: request.operation, status: .error)
+            answer(id: request.id, operation: responseOperation, status: .error)
             return
         }
         counters.inFlight += 1
         let records = table.records
+        let segmentCount =
+            isIndirect ? RequestValidator.indirectSegmentCount(request) : Int(request.nr_segments)
         records[index] = RequestRecord(
-            id: request.id, operationByte: request.operation, operation: accepted.operation,
-            sector: request.sector_number, segmentCount: Int(request.nr_segments),
+            id: request.id, operationByte: responseOperation, operation: accepted.operation,
+            sector: request.sector_number, segmentCount: segmentCount,
             dataBytes: Int(accepted.dataSectors) * RingLayout.sectorSize,
             discardSectors: accepted.discardSectors, sequence: nextSequence, phase: .queued, stage: .data,
             transferred: 0)
         nextSequence &+= 1
-        if accepted.operation != .discard {
+        if isIndirect {
+            (table.segments + index * RequestTable.segmentsPerRequest).update(
+                from: table.indirectDescriptors, count: segmentCount)
+        } else if accepted.operation != .discard {
             withUnsafeBytes(of: request.seg) { raw in
                 let src = raw.bindMemory(to: clibaio_blkif_segment.self)
-                let dst = table.segments + index * RingLayout.maxSegments
+                let dst = table.segments + index * RequestTable.segmentsPerRequest
                 for i in 0..<Int(request.nr_segments) { dst[i] = src[i] }
             }
         }
@@ -430,7 +444,7 @@ package final class Engine {
         case .discard:
             discard(index)
         case .indirect:
-            preconditionFailure("INDIRECT is rejected by validation")
+            preconditionFailure("an INDIRECT record carries its indirect_op")
         }
     }
 
@@ -446,8 +460,8 @@ package final class Engine {
     /// Prepares the data iocb for the untransferred remainder of a request and queues it.
     private func prepareData(_ index: Int) {
         let r = table.records[index]
-        let segs = table.segments + index * RingLayout.maxSegments
-        let iov = table.iovecs + index * RingLayout.maxSegments
+        let segs = table.segments + index * RequestTable.segmentsPerRequest
+        let iov = table.iovecs + index * RequestTable.segmentsPerRequest
         var skip = r.transferred
         var count = 0
         for i in 0..<r.segmentCount {

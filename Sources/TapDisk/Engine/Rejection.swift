@@ -4,7 +4,11 @@ package enum Rejection: String, Sendable, CaseIterable {
     case unsupportedOperation = "unsupported-operation"
     case secureDiscard = "secure-discard"
     // ERROR, counted in invalid-requests
+    /// INDIRECT whose `indirect_op` is not READ or WRITE.
+    case badIndirectOperation = "bad-indirect-operation"
     case badSegmentCount = "bad-segment-count"
+    /// INDIRECT naming an indirect page `>= data-pages`.
+    case indirectGrefOutOfRange = "indirect-gref-out-of-range"
     case firstAfterLast = "first-sect-after-last-sect"
     case lastSectorBeyondPage = "last-sect-beyond-page"
     case grefOutOfRange = "gref-out-of-range"

@@ -41,12 +41,29 @@ struct RequestRecord {
 /// consumed-and-unanswered requests), so the per-request path never allocates: records, iocbs,
 /// iovecs and segment copies are slots in these arrays, addressed by the record index that also
 /// travels through the kernel as the iocb's `data`.
+///
+/// Every index has room for the largest request, an INDIRECT one of 256 segments: 256 segment
+/// copies (8 bytes) and 256 iovecs (16 bytes), 6 KiB per ring entry, 3 MiB at the default largest
+/// ring (order 4, 512 entries), 48 MiB of address space at order 8. Any ring entry may be
+/// INDIRECT, so a smaller shared pool would need back-pressure on consumption; instead these two
+/// arrays are allocated without being initialized (plain C structs, always written before they
+/// are read). Allocations this large typically come from fresh `mmap` (glibc's threshold is
+/// 128 KiB) or untouched heap, which the kernel backs page by page on first write, so mostly the
+/// pages of entries that carried long requests become resident; the worst case is the full size.
 struct RequestTable: ~Copyable {
+    /// Segment and iovec room per record index.
+    static let segmentsPerRequest = RingLayout.maxIndirectSegments
+
     let capacity: Int
     let records: UnsafeMutablePointer<RequestRecord>
     let iocbs: UnsafeMutablePointer<iocb>
+    /// `segmentsPerRequest` per record index.
     let iovecs: UnsafeMutablePointer<iovec>
+    /// `segmentsPerRequest` private segment copies per record index.
     let segments: UnsafeMutablePointer<clibaio_blkif_segment>
+    /// Where an INDIRECT request's descriptors are copied once and validated, before a record
+    /// exists for it (`RequestValidator.validateIndirect`).
+    let indirectDescriptors: UnsafeMutablePointer<clibaio_blkif_segment>
     /// Free record indices (a stack).
     private let freeStack: UnsafeMutablePointer<Int32>
     private var freeCount: Int
@@ -66,10 +83,10 @@ struct RequestTable: ~Copyable {
         records.initialize(repeating: RequestRecord(), count: capacity)
         iocbs = .allocate(capacity: capacity)
         iocbs.initialize(repeating: iocb(), count: capacity)
-        iovecs = .allocate(capacity: capacity * RingLayout.maxSegments)
-        iovecs.initialize(repeating: iovec(), count: capacity * RingLayout.maxSegments)
-        segments = .allocate(capacity: capacity * RingLayout.maxSegments)
-        segments.initialize(repeating: clibaio_blkif_segment(), count: capacity * RingLayout.maxSegments)
+        iovecs = .allocate(capacity: capacity * Self.segmentsPerRequest)
+        segments = .allocate(capacity: capacity * Self.segmentsPerRequest)
+        indirectDescriptors = .allocate(capacity: RingLayout.maxIndirectSegments)
+        indirectDescriptors.initialize(repeating: clibaio_blkif_segment(), count: RingLayout.maxIndirectSegments)
         freeStack = .allocate(capacity: capacity)
         for i in 0..<capacity { freeStack[i] = Int32(capacity - 1 - i) }
         freeCount = capacity
@@ -84,6 +101,7 @@ struct RequestTable: ~Copyable {
         iocbs.deallocate()
         iovecs.deallocate()
         segments.deallocate()
+        indirectDescriptors.deallocate()
         freeStack.deallocate()
         queue.deallocate()
         submitBatch.deallocate()

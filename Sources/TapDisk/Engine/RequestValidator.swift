@@ -42,7 +42,8 @@ package struct RequestValidator: Sendable {
 
     @inline(__always)
     package func validate(_ r: clibaio_blkif_request) -> Outcome {
-        // 1. EOPNOTSUPP: unknown or unadvertised operations (INDIRECT is not advertised in v1).
+        // 1. EOPNOTSUPP: unknown operations. INDIRECT needs its descriptor pages: the engine
+        // sends it to `validateIndirect` (RequestValidator+Indirect.swift) instead.
         guard let op = BlkifOperation(rawValue: r.operation), op != .indirect else {
             return .reject(.unsupportedOperation)
         }
@@ -59,40 +60,38 @@ package struct RequestValidator: Sendable {
         default:
             if n > RingLayout.maxSegments { return .reject(.badSegmentCount) }
         }
-        var dataSectors: UInt64 = 0
-        var segmentRejection: Rejection? = nil
-        withUnsafeBytes(of: r.seg) { raw in
-            let segs = raw.bindMemory(to: clibaio_blkif_segment.self)
-            for i in 0..<n {
-                let s = segs[i]
-                if s.first_sect > s.last_sect {
-                    segmentRejection = .firstAfterLast
-                    return
-                }
-                if s.last_sect > 7 {
-                    segmentRejection = .lastSectorBeyondPage
-                    return
-                }
-                if s.gref >= dataPages {
-                    segmentRejection = .grefOutOfRange
-                    return
-                }
-                if blockSectors > 1,
-                    UInt64(s.first_sect) % blockSectors != 0 || (UInt64(s.last_sect) + 1) % blockSectors != 0
-                {
-                    segmentRejection = .misalignedSegment
-                    return
-                }
-                dataSectors += UInt64(s.last_sect - s.first_sect) + 1
-            }
+        return withUnsafeBytes(of: r.seg) { raw in
+            validateSegments(
+                operation: op, sector: r.sector_number,
+                segments: raw.baseAddress!.assumingMemoryBound(to: clibaio_blkif_segment.self), count: n)
         }
-        if let segmentRejection { return .reject(segmentRejection) }
-        if blockSectors > 1, dataSectors > 0, r.sector_number % blockSectors != 0 {
+    }
+
+    /// The §4.1 segment, alignment, read-only and range rules over `count` segments that are
+    /// already in private memory (a slot copy, or the copy of an INDIRECT request's descriptors).
+    @inline(__always)
+    package func validateSegments(
+        operation op: BlkifOperation, sector: UInt64, segments segs: UnsafePointer<clibaio_blkif_segment>, count n: Int
+    ) -> Outcome {
+        var dataSectors: UInt64 = 0
+        for i in 0..<n {
+            let s = segs[i]
+            if s.first_sect > s.last_sect { return .reject(.firstAfterLast) }
+            if s.last_sect > 7 { return .reject(.lastSectorBeyondPage) }
+            if s.gref >= dataPages { return .reject(.grefOutOfRange) }
+            if blockSectors > 1,
+                UInt64(s.first_sect) % blockSectors != 0 || (UInt64(s.last_sect) + 1) % blockSectors != 0
+            {
+                return .reject(.misalignedSegment)
+            }
+            dataSectors += UInt64(s.last_sect - s.first_sect) + 1
+        }
+        if blockSectors > 1, dataSectors > 0, sector % blockSectors != 0 {
             return .reject(.misalignedRange)
         }
         if readOnly, op != .read, op == .write || dataSectors > 0 { return .reject(.readOnly) }
         if dataSectors > 0 {
-            let (end, overflow) = r.sector_number.addingReportingOverflow(dataSectors)
+            let (end, overflow) = sector.addingReportingOverflow(dataSectors)
             if overflow { return .reject(.rangeWraps) }
             if end > sectors { return .reject(.rangeBeyondEnd) }
         }

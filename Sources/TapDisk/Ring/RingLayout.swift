@@ -8,6 +8,13 @@ package enum RingLayout {
     package static let headerSize = Int(CLIBAIO_RING_HEADER_SIZE)
     package static let slotSize = Int(CLIBAIO_BLKIF_SLOT_SIZE)
     package static let maxSegments = Int(CLIBAIO_BLKIF_MAX_SEGMENTS)
+    /// `indirect-segments`: the most segments one INDIRECT request may carry (1 MiB, as Linux
+    /// blkback's `MAX_INDIRECT_SEGMENTS`), advertised in `info` and `attach` features.
+    package static let maxIndirectSegments = 256
+    /// Segment descriptors an indirect page holds (4096 / 8).
+    package static let segmentsPerIndirectPage = Int(CLIBAIO_BLKIF_SEGMENTS_PER_INDIRECT_PAGE)
+    /// `indirect_grefs` in an INDIRECT slot.
+    package static let maxIndirectPages = Int(CLIBAIO_BLKIF_MAX_INDIRECT_PAGES)
     /// `--max-ring-page-order` may not exceed this (a 1 MiB ring, 8192 entries).
     package static let maxPageOrder = 8
     package static let maxDataPages = 262_144

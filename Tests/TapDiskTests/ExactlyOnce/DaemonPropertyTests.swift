@@ -5,7 +5,8 @@ import Testing
 
 @testable import TapDisk
 
-/// The real daemon process against a randomized, pipelined request stream under random faults
+/// The real daemon process against a randomized, pipelined request stream (a third of the READs
+/// and WRITEs INDIRECT) under random faults
 /// (`TAPDISK_FAULTS=random:…`, debug builds), checked against a shadow model of the disk: every
 /// id answered exactly once with its operation echoed, every OKAY read returns what the model
 /// says, every OKAY write is in the image after detach, and no request waits forever. The
@@ -55,6 +56,7 @@ import Testing
         var resumes = 0
         var quietWaits = 0
         var unnotified = 0
+        var indirectSent = 0
         var lastProgress = MonotonicClock.nanoseconds()
 
         func makeRequest(id: UInt64) -> clibaio_blkif_request? {
@@ -64,12 +66,21 @@ import Testing
                 pending[id] = Pending(op: flush ? 3 : 2, firstBlock: 0, blockCount: 0, grefs: [], hashes: [])
                 return flush ? BlkifRequest.flush(id: id) : BlkifRequest.barrier(id: id)
             }
-            let count = Int(1 + rng.next() % 11)
+            // A third of the READs, WRITEs and invalid requests are INDIRECT, with up to 24 segments
+            // and one more data page for their descriptors.
+            let indirect = (roll < 75 || roll >= 94) && rng.next() % 3 == 0
+            let count = Int(1 + rng.next() % (indirect ? 24 : 11))
             let start = Int(rng.next() % UInt64(Self.blocks - count))
             if (start..<(start + count)).contains(where: { busy[$0] }) { return nil }
             if roll >= 94 {
                 invalid += 1
                 pending[id] = Pending(op: 0, firstBlock: -1, blockCount: 0, grefs: [], hashes: [])
+                if indirect {
+                    // 257 segments: ERROR, answered with the indirect_op (READ).
+                    indirectSent += 1
+                    return BlkifRequest.indirect(
+                        indirectOperation: 0, id: id, sector: 0, nrSegments: 257, indirectGrefs: [0])
+                }
                 return BlkifRequest.read(id: id, sector: UInt64(Self.blocks) * 8, segments: [BlkifSegment(gref: 0)])
             }
             for b in start..<(start + count) { busy[b] = true }
@@ -79,17 +90,32 @@ import Testing
             }
             let grefs = (0..<count).map { _ in freeGrefs.removeLast() }
             let segments = grefs.map { BlkifSegment(gref: $0) }
+            // The descriptor page goes last in `grefs` of the pending entry, so it is freed with
+            // the data pages; reads check only the first `count`.
+            let descriptorPage = indirect ? freeGrefs.removeLast() : 0
+            let held = indirect ? grefs + [descriptorPage] : grefs
+            func readOrWrite(_ write: Bool) -> clibaio_blkif_request {
+                guard indirect else {
+                    return write
+                        ? BlkifRequest.write(id: id, sector: UInt64(start) * 8, segments: segments)
+                        : BlkifRequest.read(id: id, sector: UInt64(start) * 8, segments: segments)
+                }
+                indirectSent += 1
+                return frontend.indirectRequest(
+                    write: write, id: id, sector: UInt64(start) * 8, segments: segments,
+                    descriptorPage: descriptorPage)
+            }
             if roll < 35 {
-                pending[id] = Pending(op: 0, firstBlock: start, blockCount: count, grefs: grefs, hashes: [])
-                return BlkifRequest.read(id: id, sector: UInt64(start) * 8, segments: segments)
+                pending[id] = Pending(op: 0, firstBlock: start, blockCount: count, grefs: held, hashes: [])
+                return readOrWrite(false)
             }
             var hashes: [UInt64] = []
             for g in grefs {
                 Pattern.fill(frontend.page(g), bytes: 4096, seed: rng.next())
                 hashes.append(PropertyTests.hash(frontend.page(g), 4096))
             }
-            pending[id] = Pending(op: 1, firstBlock: start, blockCount: count, grefs: grefs, hashes: hashes)
-            return BlkifRequest.write(id: id, sector: UInt64(start) * 8, segments: segments)
+            pending[id] = Pending(op: 1, firstBlock: start, blockCount: count, grefs: held, hashes: hashes)
+            return readOrWrite(true)
         }
 
         func absorb(_ r: FrontendRing.Response) {
@@ -132,7 +158,7 @@ import Testing
         while answered.count < Self.total {
             let depth = Int(1 + rng.next() % 64)
             var produced = 0
-            while sent < Self.total && pending.count < depth && freeGrefs.count >= 11 && frontend.freeRequests > 0 {
+            while sent < Self.total && pending.count < depth && freeGrefs.count >= 25 && frontend.freeRequests > 0 {
                 guard let request = makeRequest(id: UInt64(sent + 1)) else { break }
                 frontend.enqueue(request)
                 sent += 1
@@ -195,6 +221,7 @@ import Testing
         #expect(okayWrites > 200 && stats["responses-error"] > UInt64(invalid))
         #expect(stats["short-completions"] > 10)
         if policy == "pause" { #expect(stats["resubmitted-requests"] > 0) }
+        #expect(indirectSent > 400)
     }
 
     func imageBlock(_ path: String, _ block: Int) -> [UInt8] {
