@@ -189,8 +189,7 @@ package final class Engine {
     /// Periodic work (at least once a second): pause timeout and nospace auto-resume (§5.2).
     package func tick(nowNanos: UInt64 = MonotonicClock.nanoseconds()) {
         guard case .paused(let reason) = state, reason != .operatorRequest else { return }
-        // Reap first: a write that already failed has given its reservation back, and free space
-        // that rose only because of that must raise the sample (`failed`), not end the pause.
+        // Reap first, so the held bytes below include every write that has already failed.
         service()
         guard state == .paused(reason) else { return }
         if policy.pauseTimeoutSeconds > 0, nowNanos &- pauseStartedNanos >= policy.pauseTimeoutSeconds * 1_000_000_000 {
@@ -200,9 +199,26 @@ package final class Engine {
             service()
             return
         }
-        if reason == .nospace, let before = pauseFreeBytes, let now = image.filesystemSpace(), now.freeBytes > before {
+        // Writes in flight when the pause began go on failing and give back what ext4 had
+        // reserved for them, so free space rises by up to their size without anyone adding any.
+        // They are held, so waiting for room for the held writes on top of the sample tells that
+        // apart from space an operator made, without depending on when their failures are reaped
+        // (a sample raised at each failure stuck when one was reaped after the operator freed space).
+        if reason == .nospace, let before = pauseFreeBytes, let now = image.filesystemSpace(),
+            now.freeBytes > before &+ heldWriteBytes()
+        {
             _ = resume(failHeld: false)
         }
+    }
+
+    /// Bytes the held writes need (their data; FLUSH and BARRIER are never held).
+    private func heldWriteBytes() -> UInt64 {
+        guard isAttached, counters.held > 0 else { return 0 }
+        var bytes: UInt64 = 0
+        for i in 0..<table.capacity where table.records[i].phase == .held && table.records[i].operation == .write {
+            bytes &+= UInt64(table.records[i].dataBytes)
+        }
+        return bytes
     }
 
     // MARK: - Servicing (the event loop calls this after every wakeup)
@@ -656,14 +672,7 @@ package final class Engine {
             r.pointee.phase = .held
             counters.inFlight -= 1
             counters.held += 1
-            if state == .running {
-                enterPause(errno.isNoSpace ? .nospace : .ioError)
-            } else if errno.isNoSpace, state == .paused(.nospace), let free = image.filesystemSpace()?.freeBytes {
-                // Writes still in flight when the pause began keep failing and giving back their
-                // reservations; each such failure shows the filesystem is still full at this
-                // level, so auto-resume waits for free space above the highest of these samples.
-                pauseFreeBytes = max(pauseFreeBytes ?? free, free)
-            }
+            if state == .running { enterPause(errno.isNoSpace ? .nospace : .ioError) }
         } else {
             finish(index, .error)
         }

@@ -16,6 +16,8 @@ struct DemoScenario {
     struct Result {
         var policy: String
         var writes = 0
+        /// Every state-changed event seen, in order (for the failure message).
+        var states: [String] = []
         var okay = 0
         var error = 0
         var missing = 0
@@ -205,7 +207,14 @@ struct DemoScenario {
                 progress.update(result: result, totalWrites: Int(total), seconds: Double(now - start) / 1e9)
             }
             if now - lastAnswerNanos > 60_000_000_000 {
-                throw Failure(description: "no response for 60 s with \(slotOf.count) writes outstanding")
+                // Say what the daemon says, so a failure here can be told apart: a lost request,
+                // or a pause nobody ended.
+                let status = (try? toolstack.call("status")).map { "\($0)" } ?? "(no status)"
+                let counters = (try? toolstack.call("stats"))?["counters"].map { "\($0)" } ?? "(no stats)"
+                throw Failure(
+                    description:
+                        "no response for 60 s with \(slotOf.count) writes outstanding (policy \(policy), states \(result.states.joined(separator: " -> "))); status \(status); counters \(counters)"
+                )
             }
         }
         result.seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
@@ -250,6 +259,8 @@ struct DemoScenario {
             if result.firstIOError == nil { result.firstIOError = event }
         case "state-changed":
             if event["state"]?.stringValue == "paused" { result.pausedReason = event["reason"]?.stringValue }
+            result.states.append(
+                (event["state"]?.stringValue ?? "?") + (event["reason"]?.stringValue.map { "(\($0))" } ?? ""))
         default: break
         }
     }

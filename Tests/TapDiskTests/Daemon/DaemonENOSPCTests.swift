@@ -102,9 +102,9 @@ struct DaemonENOSPCTests {
 
         /// Waits out the first second of a nospace pause, then until it is paused with nothing in
         /// flight. (On ext4 free space can rise by itself just after the first failure, while
-        /// the other in-flight writes fail and give back their reservations. The engine raises its
-        /// auto-resume sample on each such failure, which removed the spurious resumes seen before
-        /// (1 run in 4); tests that act on held requests still wait until a pause has settled.)
+        /// the other in-flight writes fail and give back their reservations. Auto-resume waits for
+        /// room for the held writes on top of the sample, which removed the spurious resumes seen
+        /// before (1 run in 4); tests that act on held requests still wait until a pause has settled.)
         func waitSettledPause(pausedAt: UInt64) throws -> JSONObject {
             let settle = pausedAt + 1_200_000_000
             let now = MonotonicClock.nanoseconds()
