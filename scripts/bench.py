@@ -17,6 +17,8 @@ CASES = {
     "randwrite-4k-qd32": ("randwrite", "4k", 32),
     "read-44k-qd8": ("read", "44k", 8),
     "write-44k-qd8": ("write", "44k", 8),
+    "read-1m-qd4": ("read", "1m", 4),
+    "write-1m-qd4": ("write", "1m", 4),
 }
 
 
@@ -38,7 +40,7 @@ def fio(image, rw, bs, depth, seconds, ramp, pin):
     if job.get("error", 0) or side.get("total_ios", 0) == 0:
         sys.exit(f"fio failed: {job.get('error')}")
     pct = side["clat_ns"].get("percentile", {})
-    return {"iops": side["iops"], "p50": pct.get("50.000000", 0) / 1e3, "p99": pct.get("99.000000", 0) / 1e3}
+    return {"iops": side["iops"], "mibs": side["bw_bytes"] / 1048576, "p50": pct.get("50.000000", 0) / 1e3, "p99": pct.get("99.000000", 0) / 1e3}
 
 
 def bench(tapdiskd, socket, rw, bs, depth, seconds, ramp, pin, daemon_pid):
@@ -53,7 +55,7 @@ def bench(tapdiskd, socket, rw, bs, depth, seconds, ramp, pin, daemon_pid):
     hz = os.sysconf("SC_CLK_TCK")
     # CPU over the whole case (ramp included) per 1,000 I/Os of the measured part, scaled to it.
     cpu_per_k = (ticks / hz) * (seconds / (seconds + ramp)) / ios * 1000 if ios else 0
-    return {"iops": r["iops"], "p50": r["lat-us"]["p50"], "p99": r["lat-us"]["p99"], "cpu_per_k": cpu_per_k}
+    return {"iops": r["iops"], "mibs": r["mib-per-s"], "p50": r["lat-us"]["p50"], "p99": r["lat-us"]["p99"], "cpu_per_k": cpu_per_k}
 
 
 def start_daemon(tapdiskd, image, socket, poll_us, daemon_cpu, logpath):

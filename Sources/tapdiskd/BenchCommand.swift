@@ -26,7 +26,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "randread, randwrite, read or write.")
     var rw: Pattern = .randread
 
-    @Option(help: "Request size: a multiple of 512 up to 44k (11 segments).")
+    @Option(help: "Request size: a multiple of 512 up to 1m; above 44k (11 segments) requests are INDIRECT.")
     var bs: String = "4k"
 
     @Option(help: "Requests kept in flight.")
@@ -54,13 +54,16 @@ struct BenchCommand: ParsableCommand {
         guard seconds > 0, ramp >= 0 else { throw ValidationError("--seconds must be positive, --ramp not negative") }
         let bytes: UInt64
         do { bytes = try ByteSize.parse(bs) } catch { throw ValidationError("--bs: \(error.message)") }
-        guard bytes > 0, bytes % 512 == 0, bytes <= UInt64(RingLayout.maxSegments * RingLayout.pageSize) else {
-            throw ValidationError("--bs must be a positive multiple of 512 up to \(RingLayout.maxSegments * 4)k")
+        guard bytes > 0, bytes % 512 == 0, bytes <= UInt64(Self.maxIndirectSegments * RingLayout.pageSize) else {
+            throw ValidationError("--bs must be a positive multiple of 512 up to 1m")
         }
         if let ringPageOrder, !(0...RingLayout.maxPageOrder).contains(ringPageOrder) {
             throw ValidationError("--ring-page-order must be 0...\(RingLayout.maxPageOrder)")
         }
     }
+
+    /// The daemon advertises 256 INDIRECT segments (1 MiB).
+    static let maxIndirectSegments = 256
 
     func run() throws {
         let blockBytes = Int((try? ByteSize.parse(bs)) ?? 4096)
@@ -77,7 +80,10 @@ struct BenchCommand: ParsableCommand {
         let pagesPerRequest = (blockBytes + RingLayout.pageSize - 1) / RingLayout.pageSize
         let disk: RemoteDisk
         do {
-            disk = try RemoteDisk(socketPath: socket, pageOrder: order, dataPages: iodepth * pagesPerRequest)
+            // INDIRECT requests need one more page per slot for their descriptors.
+            let indirect = pagesPerRequest > RingLayout.maxSegments
+            disk = try RemoteDisk(
+                socketPath: socket, pageOrder: order, dataPages: iodepth * (pagesPerRequest + (indirect ? 1 : 0)))
         } catch {
             throw ReportedFailure(message: "tapdiskd bench: attach: \(error)")
         }
@@ -231,8 +237,10 @@ final class BenchRunner {
                 while remaining > 0 {
                     let bytes = min(remaining, RingLayout.pageSize)
                     let gref = UInt32(slot * pagesPerRequest + n)
-                    segs[n] = clibaio_blkif_segment(
-                        gref: gref, first_sect: 0, last_sect: UInt8(bytes / 512 - 1), pad: 0)
+                    if n < RingLayout.maxSegments {
+                        segs[n] = clibaio_blkif_segment(
+                            gref: gref, first_sect: 0, last_sect: UInt8(bytes / 512 - 1), pad: 0)
+                    }
                     // Writes carry a recognisable, non-zero pattern.
                     let page = frontend.page(gref).bindMemory(to: UInt64.self, capacity: 512)
                     for w in 0..<512 { page[w] = 0x7461_7064_6973_6B00 ^ (UInt64(gref) << 16) ^ UInt64(w) }
@@ -240,7 +248,20 @@ final class BenchRunner {
                     n += 1
                 }
             }
-            r.nr_segments = UInt8(n)
+            if n > RingLayout.maxSegments {
+                // Over 11 segments: an INDIRECT slot whose descriptors live in a page of its own.
+                let descriptorPage = UInt32(depth * pagesPerRequest + slot)
+                let segments = (0..<n).map { i in
+                    BlkifSegment(
+                        gref: UInt32(slot * pagesPerRequest + i), firstSector: 0,
+                        lastSector: UInt8(min(blockBytes - i * RingLayout.pageSize, RingLayout.pageSize) / 512 - 1))
+                }
+                r = frontend.indirectRequest(
+                    write: !pattern.isRead, id: UInt64(slot), sector: 0, segments: segments,
+                    descriptorPage: descriptorPage)
+            } else {
+                r.nr_segments = UInt8(n)
+            }
             (templates + slot).initialize(to: r)
         }
     }
