@@ -6,7 +6,7 @@ import TapDisk
 extension CacheMode: ExpressibleByArgument {}
 extension FailureAction: ExpressibleByArgument {}
 
-/// Serves one image until SIGTERM (PROTOCOL.md §1).
+/// Serves one image until SIGTERM (docs/protocol.md §1).
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve a disk image (the default).")
 

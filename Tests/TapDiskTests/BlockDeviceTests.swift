@@ -44,7 +44,7 @@ import Testing
 }
 
 extension BlockDeviceTests {
-    /// A 4096-byte logical sector device: `sector-size` is 4096 and §4.1's alignment rules hold
+    /// A 4096-byte logical sector device: `sector-size` is 4096 and §5.1's alignment rules hold
     /// (a misaligned segment or range is ERROR without I/O; aligned I/O works under O_DIRECT).
     @Test(.enabled(if: LoopFilesystem.isRoot)) func fourKiBLogicalSectors() throws {
         let backing = try EngineHarness.makeTemporaryImage(bytes: 8 << 20)

@@ -133,7 +133,7 @@ import Testing
         #expect(h.engine.counters.discardRequests == 3)
     }
 
-    /// Requests published before attach are served without a kick (§2.2).
+    /// Requests published before attach are served without a kick (§3).
     @Test func servesRequestsPublishedBeforeAttach() throws {
         let h = try EngineHarness(imageBytes: 1 << 20, attach: false)
         for i in 0..<5 {

@@ -122,7 +122,7 @@ import Testing
         #expect([2, 3, 4].allSatisfy { h.status(of: UInt64($0)) == 0 })
     }
 
-    /// §4.3: a failed sync fails that FLUSH, and every later FLUSH/BARRIER, for good.
+    /// §5.3: a failed sync fails that FLUSH, and every later FLUSH/BARRIER, for good.
     @Test func failedSyncIsSticky() throws {
         let h = try harness()
         h.engine.faults.completionRules = [.init(target: .sync, fault: .errno(EIO))]

@@ -2,7 +2,7 @@ import Testing
 
 @testable import TapDisk
 
-/// §5.4: one `io-error` event per (operation, errno) per fixed one-second window; what was left
+/// §7: one `io-error` event per (operation, errno) per fixed one-second window; what was left
 /// out is reported with the next event of that kind, and kinds do not share windows.
 @Suite struct IOErrorRateLimiterTests {
     let second: UInt64 = 1_000_000_000

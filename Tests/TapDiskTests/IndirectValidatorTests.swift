@@ -4,7 +4,7 @@ import Testing
 
 @testable import TapDisk
 
-/// Every INDIRECT rule of §3.4 and §4.1 as a pure function over a slot copy and a private
+/// Every INDIRECT rule of §4.1 and §5.1 as a pure function over a slot copy and a private
 /// "data page" area standing in for the shared memory.
 @Suite struct IndirectValidatorTests {
     static let dataPages = 16

@@ -4,7 +4,7 @@ import Testing
 
 @testable import TapDisk
 
-/// §5: the report/pause policies, holding, resume, fail-held, timeout, operator pause, detach.
+/// §6: the report/pause policies, holding, resume, fail-held, timeout, operator pause, detach.
 @Suite struct PolicyTests {
     func harness(_ policy: FailurePolicy) throws -> EngineHarness {
         let h = try EngineHarness(imageBytes: 4 << 20, policy: policy)

@@ -10,7 +10,7 @@ import Testing
 /// writes the whole disk through the ring at queue depth 32 until the filesystem really runs out.
 /// No fault injection: every ERROR here is a kernel `res = -ENOSPC`.
 ///
-/// Guarantees checked (PROTOCOL.md §4.2, §4.3, §5, §6): every request answered exactly once;
+/// Guarantees checked (docs/protocol.md §5.2, §5.3, §6, §8): every request answered exactly once;
 /// every failure counted and reported; the counter invariant holds; and after detach, closing the
 /// image and umount + mount (nothing can come from the old page cache), every write that was
 /// answered OKAY reads back exactly. Failed writes' ranges are undefined and are not checked.

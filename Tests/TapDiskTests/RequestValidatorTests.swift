@@ -4,7 +4,7 @@ import Testing
 
 @testable import TapDisk
 
-/// Every §4.1 rule, first as a pure function, then end to end through a ring (answered, counted,
+/// Every §5.1 rule, first as a pure function, then end to end through a ring (answered, counted,
 /// nothing written).
 @Suite struct RequestValidatorTests {
     let v = RequestValidator(dataPages: 16, sectors: 1000, blockSectors: 1, readOnly: false, discardSupported: true)
@@ -147,7 +147,7 @@ import Testing
         #expect(h.run(untilResponses: bad.count))
         for (r, status) in bad {
             #expect(h.status(of: r.id) == status, "id \(r.id)")
-            // INDIRECT is answered with its indirect_op (§3.3).
+            // INDIRECT is answered with its indirect_op (§4.1).
             #expect(h.responses(for: r.id).first?.operation == (r.operation == 6 ? r.nr_segments : r.operation))
         }
         let c = h.engine.counters

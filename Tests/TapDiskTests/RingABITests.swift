@@ -4,7 +4,7 @@ import Testing
 
 @testable import TapDisk
 
-/// The shared-memory layout of §3 checked from Swift (the C side has `_Static_assert`s).
+/// The shared-memory layout of §4 checked from Swift (the C side has `_Static_assert`s).
 @Suite struct RingABITests {
     @Test func requestSlotLayout() {
         typealias R = clibaio_blkif_request
@@ -74,7 +74,7 @@ import Testing
         #expect(h.engine.requestConsumerIndex == (UInt32.max - 40) &+ 120)
     }
 
-    /// §4.1 ring violation: `req_prod` beyond what the ring can hold halts the disk; requests
+    /// §5.1 ring violation: `req_prod` beyond what the ring can hold halts the disk; requests
     /// already consumed are still answered.
     @Test func impossibleRequestProducerHalts() throws {
         let h = try EngineHarness(pageOrder: 0)

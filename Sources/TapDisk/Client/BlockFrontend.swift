@@ -3,7 +3,7 @@ import Glibc
 
 /// The frontend side of a disk: shared memory, ring producer, eventfds.
 ///
-/// It owns what a frontend must prepare before `attach` (§2.2): a sealed memfd holding the ring
+/// It owns what a frontend must prepare before `attach` (§3): a sealed memfd holding the ring
 /// and the data pages, a kick and a notify eventfd. Tests, the demo, the benchmark and `ctl` all
 /// drive disks through this one type so there is one implementation of the frontend discipline.
 package final class BlockFrontend {

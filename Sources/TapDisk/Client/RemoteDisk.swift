@@ -12,7 +12,7 @@ package final class RemoteDisk {
     package var sectors: UInt64 { attachReply["sectors"]?.uint64Value ?? 0 }
     package var sectorSize: Int { Int(attachReply["sector-size"]?.uint64Value ?? 512) }
 
-    /// Connects, prepares the memfd and eventfds, and attaches (§2.2).
+    /// Connects, prepares the memfd and eventfds, and attaches (§3).
     package init(socketPath: String, pageOrder: Int = 4, dataPages: Int = 1024) throws(ControlClient.ClientError) {
         control = try ControlClient(socketPath: socketPath)
         do {
@@ -30,7 +30,7 @@ package final class RemoteDisk {
     }
 
     /// Waits for the notify eventfd or a hang-up of the owning connection (how a frontend learns
-    /// the daemon died, §2.3). Returns false if the daemon is gone.
+    /// the daemon died, §6.4). Returns false if the daemon is gone.
     /// POLLRDHUP is GNU-only and not imported; 0x2000 is its value on Linux.
     package func waitForResponses(timeoutMilliseconds: Int32) -> Bool {
         var fds = [

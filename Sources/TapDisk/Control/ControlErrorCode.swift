@@ -1,4 +1,4 @@
-/// The error codes of PROTOCOL.md §2, spelled as they appear on the wire.
+/// The error codes of docs/protocol.md §2, spelled as they appear on the wire.
 ///
 /// When several apply, a handler reports `badRequest` first, then `busy`, then
 /// `invalidArgument` (§2), so a client can rely on the code of a message that is wrong in

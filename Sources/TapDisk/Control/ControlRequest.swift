@@ -1,4 +1,4 @@
-/// One control request, parsed from one datagram under the rules of PROTOCOL.md §2.
+/// One control request, parsed from one datagram under the rules of docs/protocol.md §2.
 ///
 /// Parsing checks only what every command shares (a JSON object, a string `cmd`, an optional
 /// scalar `tag`, no duplicate keys); each command handler then reads its own arguments through

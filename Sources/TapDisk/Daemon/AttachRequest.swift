@@ -1,7 +1,7 @@
 import CLibAIO
 import Glibc
 
-/// The `attach` command's checks (§2.2), in the protocol's precedence: `bad-request` (field
+/// The `attach` command's checks (§3), in the protocol's precedence: `bad-request` (field
 /// types), then `busy`, then `invalid-argument` (values and fds).
 ///
 /// Everything checked here came from a client that may be buggy or hostile: the memfd could be

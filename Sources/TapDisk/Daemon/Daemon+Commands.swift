@@ -1,6 +1,6 @@
 import Glibc
 
-/// The §2.1 commands. Each either replies at once or leaves a `Deferred` reply on the connection
+/// The §2.2 commands. Each either replies at once or leaves a `Deferred` reply on the connection
 /// that `finishWakeup` sends when the engine reaches the state it waits for.
 extension Daemon {
     func handle(_ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool) {

@@ -102,7 +102,7 @@ extension Daemon {
         guard let connection = connections.removeValue(forKey: token) else { return }
         loop.remove(connection.fd.rawValue)
         if owner == token {
-            // The frontend died: serve out what it consumed, then back to idle (§2.3).
+            // The frontend died: serve out what it consumed, then back to idle (§6.4).
             owner = nil
             logger.warning(
                 "frontend connection closed without detach; draining", metadata: ["image": "\(config.imagePath)"])

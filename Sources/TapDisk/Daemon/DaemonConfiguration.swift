@@ -1,4 +1,4 @@
-/// Everything the command line decides about one daemon (PROTOCOL.md §1, §5).
+/// Everything the command line decides about one daemon (docs/protocol.md §1, §6).
 package struct DaemonConfiguration: Sendable {
     package var imagePath: String
     /// nil only under socket activation.

@@ -1,4 +1,4 @@
-/// One `io-error` event per `(operation, errno)` per fixed one-second window (§5.4); what was
+/// One `io-error` event per `(operation, errno)` per fixed one-second window (§7); what was
 /// left out is counted and reported with the next event of that kind.
 struct IOErrorRateLimiter {
     private struct Key: Hashable {

@@ -1,4 +1,4 @@
-/// The `--low-space-threshold BYTES|PERCENT` value (PROTOCOL.md §5.4).
+/// The `--low-space-threshold BYTES|PERCENT` value (docs/protocol.md §7).
 ///
 /// A percentage is kept as a percentage rather than converted at parse time because the
 /// filesystem's size is only known once the image is open (and a grown filesystem should move

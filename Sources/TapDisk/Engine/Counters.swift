@@ -1,4 +1,4 @@
-/// The §6 counters. Plain stored integers: the per-request path only increments fields.
+/// The §8 counters. Plain stored integers: the per-request path only increments fields.
 ///
 /// Invariant at every moment: `consumed == responses + inFlight + held`.
 package struct Counters: Sendable, Equatable {
@@ -38,7 +38,7 @@ package struct Counters: Sendable, Equatable {
 
     package var invariantHolds: Bool { consumed == responses + inFlight + held }
 
-    /// The counters under their protocol names, in §6 order.
+    /// The counters under their protocol names, in §8 order.
     package var named: [(String, UInt64)] {
         [
             ("read-requests", readRequests), ("write-requests", writeRequests),

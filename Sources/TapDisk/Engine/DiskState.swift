@@ -1,4 +1,4 @@
-/// The disk's state machine (§5.1).
+/// The disk's state machine (§6.1).
 package enum DiskState: Equatable, Sendable {
     case idle
     case running

@@ -1,4 +1,4 @@
-/// What a failed READ/WRITE/DISCARD does (§5.2).
+/// What a failed READ/WRITE/DISCARD does (§6.2).
 package enum FailureAction: String, Sendable, CaseIterable {
     case report
     case pause

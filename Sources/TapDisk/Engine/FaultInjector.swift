@@ -5,7 +5,7 @@
     ///
     /// Faults are applied to real I/O: a rewritten completion still did its I/O in the kernel, which
     /// is harmless because every injected outcome is one the engine must treat as "not all bytes
-    /// transferred" or "failed", and a failed request's range is undefined by contract (§4.2).
+    /// transferred" or "failed", and a failed request's range is undefined by contract (§5.2).
     package struct FaultInjector {
         /// Which completions a rule applies to.
         package enum Target: Sendable, Equatable {

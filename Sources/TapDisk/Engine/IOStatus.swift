@@ -1,4 +1,4 @@
-/// QEMU-style summary of the last I/O failure (§5.1).
+/// QEMU-style summary of the last I/O failure (§6.1).
 package enum IOStatus: String, Sendable {
     case ok
     case failed

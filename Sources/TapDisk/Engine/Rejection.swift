@@ -1,4 +1,4 @@
-/// Why a request was answered without any I/O (PROTOCOL.md §4.1), in check order.
+/// Why a request was answered without any I/O (docs/protocol.md §5.1), in check order.
 package enum Rejection: String, Sendable, CaseIterable {
     // EOPNOTSUPP
     case unsupportedOperation = "unsupported-operation"

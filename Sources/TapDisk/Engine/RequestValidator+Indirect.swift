@@ -1,6 +1,6 @@
 import CLibAIO
 
-/// BLKIF_OP_INDIRECT (PROTOCOL.md §3.4): the slot names up to 8 data pages that hold the segment
+/// BLKIF_OP_INDIRECT (docs/protocol.md §4.1): the slot names up to 8 data pages that hold the segment
 /// descriptors. Like a slot, the descriptors are hostile shared memory: they are copied ONCE into
 /// private memory and only that copy is validated and later turned into iovecs (XSA-155).
 extension RequestValidator {
@@ -19,7 +19,7 @@ extension RequestValidator {
         case reject(Rejection)
     }
 
-    /// The byte an INDIRECT request is answered with, valid or not: its raw `indirect_op` (§3.3).
+    /// The byte an INDIRECT request is answered with, valid or not: its raw `indirect_op` (§4.1).
     @inline(__always)
     package static func indirectResponseOperation(_ r: clibaio_blkif_request) -> UInt8 { r.nr_segments }
 
@@ -51,7 +51,7 @@ extension RequestValidator {
 
     /// A whole INDIRECT request: the slot checks, then the descriptors copied once from the
     /// indirect pages (data pages of the mapping at `dataBase`) into `descriptors` (room for
-    /// `RingLayout.maxIndirectSegments`), then the §4.1 segment rules on that copy only. On
+    /// `RingLayout.maxIndirectSegments`), then the §5.1 segment rules on that copy only. On
     /// `.accept` the request's segments are `descriptors[0..<indirectSegmentCount(r)]`; the pages
     /// are never read again, so a frontend rewriting them later changes nothing.
     package func validateIndirect(

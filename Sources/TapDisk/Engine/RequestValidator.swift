@@ -1,6 +1,6 @@
 import CLibAIO
 
-/// PROTOCOL.md §4.1 over the private copy of a slot. Pure: it reads nothing but the copy and the
+/// docs/protocol.md §5.1 over the private copy of a slot. Pure: it reads nothing but the copy and the
 /// disk's fixed parameters, so every rule is testable without a ring or an image.
 package struct RequestValidator: Sendable {
     package var dataPages: UInt32
@@ -67,7 +67,7 @@ package struct RequestValidator: Sendable {
         }
     }
 
-    /// The §4.1 segment, alignment, read-only and range rules over `count` segments that are
+    /// The §5.1 segment, alignment, read-only and range rules over `count` segments that are
     /// already in private memory (a slot copy, or the copy of an INDIRECT request's descriptors).
     @inline(__always)
     package func validateSegments(

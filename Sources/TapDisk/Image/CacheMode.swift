@@ -1,6 +1,6 @@
 import CLibAIO
 
-/// How the image is opened (`--cache`, PROTOCOL.md §1), named as in QEMU.
+/// How the image is opened (`--cache`, docs/protocol.md §1), named as in QEMU.
 package enum CacheMode: String, Sendable, CaseIterable {
     /// O_DIRECT: the default; no page cache between the guest and the disk.
     case none
@@ -8,7 +8,7 @@ package enum CacheMode: String, Sendable, CaseIterable {
     case writeback
     /// Buffered plus O_DSYNC: every write is durable (and its failure reported) before OKAY.
     case writethrough
-    /// O_DIRECT plus O_DSYNC: the mode for thin or overcommitted storage (§4.3).
+    /// O_DIRECT plus O_DSYNC: the mode for thin or overcommitted storage (§5.3).
     case directsync
 
     package var usesDirectIO: Bool { self == .none || self == .directsync }

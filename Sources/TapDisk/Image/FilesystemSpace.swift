@@ -1,7 +1,7 @@
 import Glibc
 
 /// A statvfs/fstat sample of a file image and its filesystem, for `image-space`, auto-resume and
-/// `low-space` (PROTOCOL.md §2.1, §5).
+/// `low-space` (docs/protocol.md §2.2, §6).
 package struct FilesystemSpace: Sendable, Equatable {
     package var apparentBytes: UInt64
     package var allocatedBytes: UInt64

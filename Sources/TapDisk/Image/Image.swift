@@ -4,7 +4,7 @@ import Glibc
 /// The disk image: a regular file or a block device, opened once for the process' lifetime.
 ///
 /// One fd serves every request so that a writeback error the kernel reports on it (once!) is seen
-/// by the next sync through that same fd (§4.3).
+/// by the next sync through that same fd (§5.3).
 package struct Image: ~Copyable {
     package let path: String
     package let fd: FileDescriptor
@@ -162,7 +162,7 @@ package struct Image: ~Copyable {
         return UInt64(s)
     }
 
-    /// DISCARD: punch a hole that reads back as zeros (§4.4). Synchronous: fallocate has no AIO
+    /// DISCARD: punch a hole that reads back as zeros (§5.4). Synchronous: fallocate has no AIO
     /// form; the fault seam sits in front of it in test builds.
     package func punchHole(offset: Int64, length: Int64) -> Errno? {
         let rc = clibaio_punch_hole(fd.rawValue, offset, length)

@@ -1,4 +1,4 @@
-/// The disk as the frontend sees it, fixed at startup (PROTOCOL.md §1).
+/// The disk as the frontend sees it, fixed at startup (docs/protocol.md §1).
 package struct ImageGeometry: Sendable, Equatable {
     /// Size in 512-byte sectors (image size / 512, rounded down).
     package var sectors: UInt64

@@ -1,6 +1,6 @@
 import CLibAIO
 
-/// The daemon's side of the blkif ring: consumes requests, produces responses (§3.5).
+/// The daemon's side of the blkif ring: consumes requests, produces responses (§4.2).
 ///
 /// Holds only indices private to the daemon; nothing read from shared memory is kept except
 /// through `copyRequest`, which copies a slot once into private memory (XSA-155).
@@ -21,7 +21,7 @@ package struct BackendRing {
         case violation(reqProd: UInt32)
     }
 
-    /// Takes over a ring the frontend prepared: `req_cons = rsp_prod_pvt = rsp_prod` (§2.2).
+    /// Takes over a ring the frontend prepared: `req_cons = rsp_prod_pvt = rsp_prod` (§3).
     package init(base: UnsafeMutableRawPointer, pageOrder: Int) {
         header = RingHeader(base: base)
         entries = RingLayout.entries(pageOrder: pageOrder)
@@ -31,7 +31,7 @@ package struct BackendRing {
         rspProdPublished = rspProd
     }
 
-    /// Unconsumed requests, or a violation when `req_prod` is impossible (§4.1): more than
+    /// Unconsumed requests, or a violation when `req_prod` is impossible (§5.1): more than
     /// `entries` unanswered, or moved backwards past what was consumed.
     @inline(__always)
     package func pendingRequests() -> Pending {

@@ -1,4 +1,4 @@
-/// Request operations of PROTOCOL.md §3.4. The raw byte is what the frontend wrote; anything
+/// Request operations of docs/protocol.md §4.1. The raw byte is what the frontend wrote; anything
 /// outside this set is answered EOPNOTSUPP.
 package enum BlkifOperation: UInt8, Sendable, CaseIterable {
     case read = 0
@@ -21,7 +21,7 @@ package enum BlkifOperation: UInt8, Sendable, CaseIterable {
     }
 }
 
-/// Response status values (§3.3); the guest can be told nothing finer.
+/// Response status values (§4.1); the guest can be told nothing finer.
 package enum BlkifStatus: Int16, Sendable {
     case okay = 0
     case error = -1

@@ -1,6 +1,6 @@
 import CLibAIO
 
-/// Builders for INDIRECT requests (§3.4), as a frontend writes them: the slot, and the
+/// Builders for INDIRECT requests (§4.1), as a frontend writes them: the slot, and the
 /// descriptor page(s) its `indirect_grefs` name.
 extension BlkifRequest {
     /// An INDIRECT slot: `operation` 6, `indirect_op` @1, `nr_segments` u16 @2, `indirect_grefs`
@@ -23,7 +23,7 @@ extension BlkifRequest {
         return r
     }
 
-    /// Writes `segments` as 8-byte descriptors (the §3.2 segment layout) at the start of `page`.
+    /// Writes `segments` as 8-byte descriptors (the §4.1 segment layout) at the start of `page`.
     package static func writeDescriptors(_ segments: [BlkifSegment], to page: UnsafeMutableRawPointer) {
         precondition(segments.count <= RingLayout.segmentsPerIndirectPage)
         let d = page.bindMemory(to: clibaio_blkif_segment.self, capacity: segments.count)

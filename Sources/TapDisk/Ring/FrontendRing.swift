@@ -22,7 +22,7 @@ package struct FrontendRing {
         rspCons = header.loadRelaxed(RingLayout.rspProdOffset)
     }
 
-    /// Lays out a fresh ring per §2.2: zero, then `req_prod = rsp_prod = X`,
+    /// Lays out a fresh ring per §3: zero, then `req_prod = rsp_prod = X`,
     /// `req_event = rsp_event = X + 1`.
     package static func initialize(base: UnsafeMutableRawPointer, pageOrder: Int, startIndex: UInt32 = 0) {
         base.initializeMemory(as: UInt8.self, repeating: 0, count: (1 << pageOrder) * RingLayout.pageSize)

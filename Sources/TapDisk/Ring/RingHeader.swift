@@ -3,7 +3,7 @@ import Synchronization
 /// Atomic access to the four u32 header fields of a mapped ring.
 ///
 /// The header lives in memory the other side writes concurrently, so every access is a single
-/// aligned 32-bit atomic (§3.1): never a plain load the compiler could split, repeat or cache.
+/// aligned 32-bit atomic (§4.1): never a plain load the compiler could split, repeat or cache.
 package struct RingHeader {
     package let base: UnsafeMutableRawPointer
 

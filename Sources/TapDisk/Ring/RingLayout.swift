@@ -1,6 +1,6 @@
 import CLibAIO
 
-/// The blkif shared-ring geometry (Xen `io/ring.h`, x86_64 ABI), PROTOCOL.md §3.
+/// The blkif shared-ring geometry (Xen `io/ring.h`, x86_64 ABI), docs/protocol.md §4.
 package enum RingLayout {
     package static let pageSize = 4096
     package static let sectorSize = 512

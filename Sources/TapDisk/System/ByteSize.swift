@@ -1,5 +1,5 @@
 /// Byte counts as the command line writes them: `--size` for `create` and the bytes form of
-/// `--low-space-threshold` (PROTOCOL.md §5.4).
+/// `--low-space-threshold` (docs/protocol.md §7).
 ///
 /// The syntax is deliberately small and strict, an unsigned decimal integer with an optional
 /// `K`/`M`/`G`/`T` suffix in powers of 1024, because a typo in a disk size must fail loudly

@@ -5,7 +5,7 @@ import Testing
 
 @testable import TapDisk
 
-/// PROTOCOL.md §2.2: every reason to refuse an attach, the state rules of §2.1, and the rule that
+/// docs/protocol.md §3: every reason to refuse an attach, the state rules of §2.2, and the rule that
 /// the daemon closes every fd it receives and does not keep.
 @Suite struct AttachValidationTests {
     /// One bad attach: the fds to send (owned by `keep` until sent) and the arguments.
@@ -220,7 +220,7 @@ import Testing
         try DaemonTest.expectInvariant(other)
     }
 
-    /// §2.1 state rules with nothing attached and while running.
+    /// §2.2 state rules with nothing attached and while running.
     @Test func stateRulesNotAttachedAndWrongState() throws {
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()

@@ -5,10 +5,10 @@ import Testing
 
 @testable import TapDisk
 
-/// PROTOCOL.md §2 and §2.1 against the real binary: message framing, tags, error codes and their
+/// docs/protocol.md §2 and §2.2 against the real binary: message framing, tags, error codes and their
 /// precedence, and the exact fields and JSON types of every reply.
 @Suite struct ControlProtocolTests {
-    // MARK: - §2.1 reply fields and types
+    // MARK: - §2.2 reply fields and types
 
     @Test func infoReplyHasEveryFieldWithItsType() throws {
         let bytes = 16 << 20 + 3 * 512  // not a whole MiB: sectors must be exact

@@ -5,7 +5,7 @@ import Testing
 
 @testable import TapDisk
 
-/// Real ENOSPC (PROTOCOL.md §5): a 64 MiB sparse image on a 16 MiB ext4 loop filesystem that is
+/// Real ENOSPC (docs/protocol.md §6): a 64 MiB sparse image on a 16 MiB ext4 loop filesystem that is
 /// nearly full, served by the real binary. Every policy path is checked through events,
 /// `status`, `stats`, the responses the frontend sees, and the bytes on disk after a remount.
 @Suite(.serialized, .enabled(if: LoopFilesystem.isRoot, "needs root for mount/losetup"))
@@ -177,7 +177,7 @@ struct DaemonENOSPCTests {
         var events = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 100)
         #expect(!events.contains { $0["event"] == .string("state-changed") })
 
-        // Rate limiting (§5.4): the first event of its kind suppressed nothing, and once one more
+        // Rate limiting (§7): the first event of its kind suppressed nothing, and once one more
         // failure comes after the window, every failure is accounted for: each event stands for
         // itself plus the `suppressed` it reports.
         #expect(event?["suppressed"]?.uint64Value == 0, "the first io-error event suppressed nothing")

@@ -5,8 +5,8 @@ import Testing
 
 @testable import TapDisk
 
-/// PROTOCOL.md §1 (socket file), §2.3 (detach, disconnects, SIGTERM), §4.1 (ring violation →
-/// halted), §5.3 (operator pause) against the real binary.
+/// docs/protocol.md §1 (socket file), §6.4 (detach, disconnects, SIGTERM), §5.1 (ring violation →
+/// halted), §6.3 (operator pause) against the real binary.
 @Suite struct DaemonLifecycleTests {
     // MARK: - detach and re-attach
 
@@ -225,7 +225,7 @@ import Testing
         #expect(first.terminate() == 0)
     }
 
-    // MARK: - §4.1 ring violation → halted
+    // MARK: - §5.1 ring violation → halted
 
     private func haltScenario(bogusReqProd: (_ reqCons: UInt32, _ entries: UInt32) -> UInt32) throws {
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
@@ -272,7 +272,7 @@ import Testing
         try haltScenario { reqCons, _ in reqCons &- 1 }
     }
 
-    // MARK: - §5.3 operator pause
+    // MARK: - §6.3 operator pause
 
     @Test func operatorPauseWaitsForInFlightAndLeavesNewRequestsInTheRing() throws {
         let daemon = try DaemonProcess(imageBytes: 64 << 20)

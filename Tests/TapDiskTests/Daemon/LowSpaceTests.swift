@@ -4,7 +4,7 @@ import Testing
 
 @testable import TapDisk
 
-/// §5.4 `low-space`: one event per downward crossing of `--low-space-threshold`, re-armed when
+/// §7 `low-space`: one event per downward crossing of `--low-space-threshold`, re-armed when
 /// free space is above the threshold again; bytes and percentage forms.
 @Suite(.serialized, .enabled(if: LoopFilesystem.isRoot)) struct LowSpaceTests {
     func lowSpaceEvents(_ client: ControlClient, within seconds: Double) throws -> [JSONObject] {

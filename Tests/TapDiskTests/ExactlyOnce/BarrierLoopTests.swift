@@ -48,7 +48,7 @@ import Testing
     @Test(arguments: [0, 50] as [UInt64]) func barrierAsFirstRequestAfterAttach(pollMicroseconds: UInt64) throws {
         let h = try EngineHarness(imageBytes: 1 << 20, attach: false, pollMicroseconds: pollMicroseconds)
         let segs = pages(h, 0...0, seed: 9)
-        // Published before attach (§2.2): served without a kick.
+        // Published before attach (§3): served without a kick.
         h.frontend.enqueue(BlkifRequest.barrier(id: 1))
         h.frontend.enqueue(BlkifRequest.write(id: 2, sector: 8, segments: segs))
         h.frontend.enqueue(BlkifRequest.barrier(id: 3, sector: 16, segments: segs))

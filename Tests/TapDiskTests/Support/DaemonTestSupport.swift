@@ -52,7 +52,7 @@ enum DaemonTest {
         return Set(reply.keys).isSubset(of: ["ok", "error", "tag"])
     }
 
-    // MARK: - Counters (§6)
+    // MARK: - Counters (§8)
 
     static let counterNames = [
         "read-requests", "write-requests", "flush-requests", "barrier-requests", "discard-requests",
@@ -74,7 +74,7 @@ enum DaemonTest {
         var invariantHolds: Bool { consumed == responses + self["in-flight"] + self["held"] }
     }
 
-    /// `stats`, with every §6 counter required to be a non-negative integer token.
+    /// `stats`, with every §8 counter required to be a non-negative integer token.
     static func stats(_ client: ControlClient, sourceLocation: SourceLocation = #_sourceLocation) throws -> Counters {
         let reply = try client.call("stats")
         let object = try #require(reply["counters"]?.objectValue, sourceLocation: sourceLocation)
@@ -88,7 +88,7 @@ enum DaemonTest {
         return Counters(values: values)
     }
 
-    /// §6: consumed == responses + in-flight + held; returns the counters for further checks.
+    /// §8: consumed == responses + in-flight + held; returns the counters for further checks.
     @discardableResult
     static func expectInvariant(_ client: ControlClient, sourceLocation: SourceLocation = #_sourceLocation) throws
         -> Counters

@@ -66,7 +66,7 @@ final class LoopFilesystem: @unchecked Sendable {
         return UInt64(s.f_bavail) * UInt64(s.f_frsize)
     }
 
-    /// The filesystem's size `f_blocks * f_frsize` (PROTOCOL.md §5.4 percent thresholds).
+    /// The filesystem's size `f_blocks * f_frsize` (docs/protocol.md §7 percent thresholds).
     func totalBytes() throws -> UInt64 {
         let s = try fsStats()
         return UInt64(s.f_blocks) * UInt64(s.f_frsize)

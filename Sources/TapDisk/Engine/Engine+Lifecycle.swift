@@ -1,0 +1,162 @@
+import CLibAIO
+import Glibc
+
+/// Attach and detach, operator pause and resume, the periodic tick, and the state machine: what
+/// control commands and the timer do to a disk, between requests.
+extension Engine {
+    package enum AttachError: Error, Equatable {
+        case alreadyAttached
+        case ringOrderTooLarge
+        /// `req_prod - rsp_prod > ring-entries` at attach (§3).
+        case ringState
+    }
+
+    /// Takes over a prepared ring and serves what is already published (§3).
+    package func attach(_ newAttachment: consuming RingAttachment) throws(AttachError) {
+        guard !isAttached else { throw .alreadyAttached }
+        guard newAttachment.pageOrder <= maxRingPageOrder else { throw .ringOrderTooLarge }
+        let base = newAttachment.mapping.base
+        let newRing = BackendRing(base: base, pageOrder: newAttachment.pageOrder)
+        if newRing.header.reqProd &- newRing.header.rspProd > newRing.entries { throw .ringState }
+        ring = newRing
+        validator = RequestValidator(
+            dataPages: UInt32(newAttachment.dataPages), geometry: geometry, readOnly: image.readOnly)
+        dataBase = base + (1 << newAttachment.pageOrder) * RingLayout.pageSize
+        notifyFD = newAttachment.notify.rawValue
+        kickFD = newAttachment.kick.rawValue
+        table = RequestTable(capacity: Int(newRing.entries))
+        isAttached = true
+        attachGeneration &+= 1
+        attachment = consume newAttachment
+        barrierIndex = nil
+        setState(.running)
+        service()
+    }
+
+    /// Starts a detach or a disconnect: stop consuming, answer held requests ERROR (§6.4). The
+    /// caller waits for `isDrained`, then calls `finishDetach`.
+    package func beginDetach() {
+        guard isAttached, state != .closing else { return }
+        setState(.closing)
+        failAllHeld()
+        service()
+    }
+
+    /// Unmaps and closes once nothing is in flight. Returns `req_cons`. Called through
+    /// `DiskLoop.finishDetach`, which first takes the kick eventfd out of the epoll set.
+    package func finishDetach() -> UInt32 {
+        precondition(isDrained, "unmapping with I/O in flight")
+        pushResponses()
+        let reqCons = ring.reqCons
+        table = RequestTable(capacity: 0)
+        isAttached = false
+        attachment = nil
+        ring = .detached
+        notifyFD = -1
+        kickFD = -1
+        barrierIndex = nil
+        submitBackoff = false
+        setState(.idle)
+        return reqCons
+    }
+
+    /// Operator pause (§6.3): stop consuming; the caller replies once `isQuiescent`.
+    package func pause() {
+        if state == .running { enterPause(.operatorRequest) }
+    }
+
+    /// Ends a pause (§6.2): resubmit held requests in consumption order, or fail them.
+    package func resume(failHeld: Bool) -> (resubmitted: Int, failed: Int) {
+        guard state.isPaused else { return (0, 0) }
+        var result = (resubmitted: 0, failed: 0)
+        // Running again before anything is resubmitted: a resubmission that fails at once (a
+        // synchronous DISCARD) must start a new pause, not join the one that is ending.
+        ioStatus = syncFailed ? .failed : .ok
+        pauseFreeBytes = nil
+        setState(.running)
+        if failHeld {
+            result.failed = failAllHeld()
+        } else {
+            for index in heldInConsumptionOrder() {
+                table.records[index].phase = .queued
+                counters.held -= 1
+                counters.inFlight += 1
+                counters.resubmittedRequests += 1
+                result.resubmitted += 1
+                startFromFirstStage(index)
+            }
+        }
+        service()
+        return result
+    }
+
+    /// Periodic work (at least once a second): pause timeout and nospace auto-resume (§6.2).
+    package func tick(nowNanos: UInt64 = MonotonicClock.nanoseconds()) {
+        guard case .paused(let reason) = state, reason != .operatorRequest else { return }
+        // Reap first, so the held bytes below include every write that has already failed.
+        service()
+        guard state == .paused(reason) else { return }
+        if policy.pauseTimeoutSeconds > 0, nowNanos &- pauseStartedNanos >= policy.pauseTimeoutSeconds * 1_000_000_000 {
+            failAllHeld()
+            pauseFreeBytes = nil
+            setState(.running)
+            service()
+            return
+        }
+        // Writes in flight when the pause began go on failing and give back what ext4 had
+        // reserved for them, so free space rises by up to their size without anyone adding any.
+        // They are held, so waiting for room for the held writes on top of the sample tells that
+        // apart from space an operator made, without depending on when their failures are reaped
+        // (a sample raised at each failure stuck when one was reaped after the operator freed space).
+        if reason == .nospace, let before = pauseFreeBytes, let now = image.filesystemSpace(),
+            now.freeBytes > before &+ heldWriteBytes()
+        {
+            _ = resume(failHeld: false)
+        }
+    }
+
+    /// Bytes the held writes need (their data; FLUSH and BARRIER are never held).
+    func heldWriteBytes() -> UInt64 {
+        guard isAttached, counters.held > 0 else { return 0 }
+        var bytes: UInt64 = 0
+        for i in 0..<table.capacity where table.records[i].phase == .held && table.records[i].operation == .write {
+            bytes &+= UInt64(table.records[i].dataBytes)
+        }
+        return bytes
+    }
+
+    func setState(_ new: DiskState) {
+        guard new != state else { return }
+        state = new
+        onEvent(.stateChanged(new))
+    }
+
+    func enterPause(_ reason: PauseReason) {
+        pauseStartedNanos = MonotonicClock.nanoseconds()
+        pauseFreeBytes = reason == .nospace ? image.filesystemSpace()?.freeBytes : nil
+        setState(.paused(reason))
+    }
+
+    func halt(_ message: String) {
+        guard state != .halted else { return }
+        state = .halted
+        onEvent(.frontendViolation(message))
+        onEvent(.stateChanged(.halted))
+    }
+
+    /// Answers every held request ERROR without a new attempt (counts only in responses-error).
+    @discardableResult
+    func failAllHeld() -> Int {
+        let held = heldInConsumptionOrder()
+        for index in held { finish(index, .error) }
+        return held.count
+    }
+
+    func heldInConsumptionOrder() -> [Int] {
+        guard isAttached, counters.held > 0 else { return [] }
+        let records = table.records
+        var held: [Int] = []
+        for i in 0..<table.capacity where records[i].phase == .held { held.append(i) }
+        return held.sorted { records[$0].sequence < records[$1].sequence }
+    }
+}
