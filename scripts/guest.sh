@@ -120,6 +120,7 @@ default_script() {
 #!/bin/sh
 set -e
 cat /sys/block/vda/size /sys/block/vda/queue/logical_block_size
+echo "serial=$(cat /sys/block/vda/serial 2>/dev/null)"
 mkfs.ext4 -q -F /dev/vda
 mount -t ext4 /dev/vda /mnt
 dd if=/dev/urandom of=/mnt/data bs=64k count=64 conv=fsync 2>/dev/null

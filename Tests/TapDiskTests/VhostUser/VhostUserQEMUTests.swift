@@ -1,0 +1,79 @@
+import CLibAIO
+import Foundation
+import Glibc
+import Testing
+
+@testable import TapDisk
+
+/// The front-side layers against QEMU 7.2 (`vhost-user-blk-pci`) and a real Linux guest: the
+/// guest from `scripts/guest.sh` makes ext4 on /dev/vda, writes with fsync, re-reads after
+/// dropping caches and runs e2fsck — twice, over two connections to the same listener.
+///
+/// Needs root, qemu-system-x86_64 and the cached guest (`scripts/guest.sh build`); skipped
+/// otherwise. The data path here is `VhostUserTestServer`'s synchronous one, not the engine.
+@Suite(.enabled(if: VhostUserGuest.available, "needs qemu-system-x86_64 and `scripts/guest.sh build`"))
+struct VhostUserQEMUTests {
+
+    @Test(.timeLimit(.minutes(5))) func linuxGuestMakesAndChecksExt4TwiceOverReconnect() throws {
+        let dir = "/tmp/tapdisk-vhost-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let imagePath = dir + "/image"
+        let socketPath = dir + "/sock"
+        let imageBytes: UInt64 = 256 << 20
+        #expect(FileManager.default.createFile(atPath: imagePath, contents: nil))
+        #expect(truncate(imagePath, off_t(imageBytes)) == 0)
+
+        let listener = FileDescriptor(adopting: try Errno.check(clibaio_stream_listen(socketPath, 1)))
+        let server = try VhostUserTestServer(
+            imagePath: imagePath,
+            configuration: VhostUserDeviceConfiguration(
+                capacitySectors: imageBytes / 512, blockSize: 512, readOnly: false))
+
+        for run in 1...2 {
+            let log = dir + "/guest\(run).log"
+            let process = Process()
+            process.executableURL = VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh")
+            process.arguments = ["run", socketPath]
+            FileManager.default.createFile(atPath: log, contents: nil)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+            server.run(listener: listener.rawValue) { !process.isRunning }
+            process.waitUntilExit()
+            try handle.close()
+            let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            #expect(process.terminationStatus == 0, "run \(run):\n\(output.suffix(3000))")
+            #expect(output.contains("TAPDISK-GUEST-END rc=0"), "run \(run)")
+            #expect(output.contains("checksum written="), "run \(run)")
+            #expect(output.contains("serial=tapdiskd"), "run \(run): GET_ID")
+        }
+        #expect(server.errors.isEmpty, "\(server.errors)")
+        #expect(server.connections == 2)
+        // What QEMU sent us: memory as SET_MEM_TABLE (no CONFIGURE_MEM_SLOTS offered), config
+        // reads, ring stops; and what Linux did through the ring.
+        #expect(server.requests.contains(.setMemTable) && !server.requests.contains(.addMemReg))
+        #expect(server.requests.contains(.getConfig) && server.requests.contains(.getVringBase))
+        #expect(server.completed["write", default: 0] > 0 && server.completed["read", default: 0] > 0)
+        #expect(server.completed["flush", default: 0] > 0 && server.completed["getID", default: 0] == 2)
+        #expect(!server.completed.keys.contains { $0.hasPrefix("reject") }, "\(server.completed)")
+        // The image holds a clean ext4 the host can check.
+        let fsck = try Shell.run(["e2fsck", "-fn", imagePath])
+        #expect(fsck.status == 0, "\(fsck.stdout)\(fsck.stderr)")
+        print("vhost-user QEMU run: completed \(server.completed)")
+        print("vhost-user QEMU run: requests \(server.requests.map { "\($0)" }.joined(separator: " "))")
+    }
+}
+
+/// Where the cached guest lives and whether it can run here.
+enum VhostUserGuest {
+    static let directory = ProcessInfo.processInfo.environment["TAPDISK_GUEST_DIR"] ?? "/var/cache/tapdisk-guest"
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static var available: Bool {
+        getuid() == 0 && Shell.which("qemu-system-x86_64") != nil
+            && FileManager.default.fileExists(atPath: directory + "/vmlinuz")
+            && FileManager.default.fileExists(atPath: directory + "/initrd.cpio")
+    }
+}
