@@ -50,6 +50,24 @@ package struct VhostUserDevice: ~Copyable {
     /// The kick eventfd to poll (nil: none yet, or the front-end asked for polling).
     package var kickDescriptor: Int32? { kickRawValue >= 0 ? kickRawValue : nil }
 
+    /// last_avail_idx of the running ring (nil: no ring).
+    package var lastAvailableIndex: UInt16? {
+        switch queue {
+        case .some(let q): q.lastAvailableIndex
+        case .none: nil
+        }
+    }
+
+    /// Requests popped and not yet completed.
+    package var inFlight: Int {
+        switch queue {
+        case .some(let q): q.inFlight
+        case .none: 0
+        }
+    }
+
+    package var hasCallDescriptor: Bool { call != nil }
+
     package var offeredFeatures: UInt64 { VirtioFeatures.offered(readOnly: configuration.readOnly) }
 
     /// Whether requests may be taken: the ring is set up, enabled and has a kick fd.
@@ -117,10 +135,10 @@ package struct VhostUserDevice: ~Copyable {
                 base = UInt16(s.num)
             case .getVringBase:
                 let s = try vring(decode { () throws(VhostUserError) in try m.vringState() })
-                if let inFlight = queue?.inFlight, inFlight > 0 {
+                if inFlight > 0 {
                     throw VhostUserDeviceError.requestsInFlight(inFlight)
                 }
-                let last = queue?.lastAvailableIndex ?? base
+                let last = lastAvailableIndex ?? base
                 stopQueue()
                 base = last
                 return VhostUserReply.vringState(.getVringBase, VhostUserVringState(index: s.index, num: UInt32(last)))
@@ -170,7 +188,7 @@ package struct VhostUserDevice: ~Copyable {
     }
 
     private mutating func setMemoryTable(_ m: inout VhostUserMessage) throws(VhostUserDeviceError) {
-        if let inFlight = queue?.inFlight, inFlight > 0 { throw .requestsInFlight(inFlight) }
+        if inFlight > 0 { throw .requestsInFlight(inFlight) }
         let regions: [VhostUserMemoryRegion]
         do throws(VhostUserError) { regions = try m.memoryRegions() } catch { throw .message(error) }
         let fresh: GuestMemory
@@ -181,7 +199,7 @@ package struct VhostUserDevice: ~Copyable {
         }
         // The ring pointers point into the old mappings: rebuild the queue over the new ones.
         let running = queue != nil
-        let last = queue?.lastAvailableIndex ?? base
+        let last = lastAvailableIndex ?? base
         queue = nil
         memory = fresh
         base = last
