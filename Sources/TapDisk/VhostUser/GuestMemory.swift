@@ -46,10 +46,15 @@ package struct GuestMemoryRegion {
 /// `contiguousPrefix`. Rings and indirect tables are never split: QEMU allocates them inside one
 /// RAM block, and a table straddling a hole is refused.
 package struct GuestMemory: ~Copyable {
-    package private(set) var regions: [GuestMemoryRegion]
+    /// The regions in a buffer of our own: translation walks it with plain pointer reads (no
+    /// array iteration, no retain/release, no allocation on the data path).
+    private let table: UnsafeMutableBufferPointer<GuestMemoryRegion>
+
+    /// The mapped regions (control plane and tests; this copies).
+    package var regions: [GuestMemoryRegion] { Array(table) }
 
     /// No memory: every translation fails (the state before the first SET_MEM_TABLE).
-    package init() { regions = [] }
+    package init() { table = UnsafeMutableBufferPointer(start: nil, count: 0) }
 
     /// Validates the table, then maps every region shared and writable.
     package init(
@@ -90,25 +95,30 @@ package struct GuestMemory: ~Copyable {
                     guestPhysicalAddress: r.guestPhysicalAddress, size: r.size, userAddress: r.userAddress,
                     host: p + Int(r.mmapOffset), mappingBase: p, mappingLength: length))
         }
-        regions = mapped
+        table = .allocate(capacity: mapped.count)
+        _ = table.initialize(from: mapped)
     }
 
     deinit {
-        for r in regions { munmap(r.mappingBase, r.mappingLength) }
+        for i in 0..<table.count { munmap(table[i].mappingBase, table[i].mappingLength) }
+        table.deallocate()
     }
 
-    package var isEmpty: Bool { regions.isEmpty }
+    package var isEmpty: Bool { table.isEmpty }
 
     /// The host address of guest-physical `[address, address + length)`, or nil unless the whole
     /// range lies inside one region. A zero length still requires `address` inside a region.
     @inline(__always)
     package func translate(guestPhysical address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for r in regions {
+        var i = 0
+        while i < table.count {
+            let r = table[i]
             if let off = GuestMemoryRegion.offset(
                 of: address, length: length, start: r.guestPhysicalAddress, size: r.size)
             {
                 return r.host + Int(off)
             }
+            i += 1
         }
         return nil
     }
@@ -119,10 +129,13 @@ package struct GuestMemory: ~Copyable {
     package func contiguousPrefix(
         guestPhysical address: UInt64, length: UInt64
     ) -> (host: UnsafeMutableRawPointer, count: UInt64)? {
-        for r in regions {
+        var i = 0
+        while i < table.count {
+            let r = table[i]
             if let off = GuestMemoryRegion.offset(of: address, length: 0, start: r.guestPhysicalAddress, size: r.size) {
                 return (r.host + Int(off), min(length, r.size - off))
             }
+            i += 1
         }
         return nil
     }
@@ -130,10 +143,13 @@ package struct GuestMemory: ~Copyable {
     /// The host address of front-end user range `[address, address + length)` (SET_VRING_ADDR's
     /// ring addresses), or nil unless it lies inside one region.
     package func translate(user address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for r in regions {
+        var i = 0
+        while i < table.count {
+            let r = table[i]
             if let off = GuestMemoryRegion.offset(of: address, length: length, start: r.userAddress, size: r.size) {
                 return r.host + Int(off)
             }
+            i += 1
         }
         return nil
     }
