@@ -12,6 +12,8 @@ package enum GuestMemoryError: Error, Equatable, Sendable {
     case overlap(Int, Int)
     /// The fd is smaller than mmap_offset + size: touching the tail would SIGBUS the daemon.
     case fileTooSmall(index: Int, fileSize: UInt64)
+    /// `requireShrinkSeal` was asked for and the fd lacks F_SEAL_SHRINK.
+    case notSealedAgainstShrink(index: Int)
     case system(Errno)
 }
 
@@ -22,6 +24,10 @@ package struct GuestMemoryRegion {
     package let userAddress: UInt64
     /// The host address of guest_phys_addr (mapping base + mmap_offset).
     package let host: UnsafeMutableRawPointer
+    /// The fd carries F_SEAL_SHRINK: the front-end cannot truncate the file under our mapping
+    /// (which would turn our next access into SIGBUS). QEMU's memory-backend-memfd seals by
+    /// default; file and hugetlbfs backends cannot.
+    package let shrinkSealed: Bool
     fileprivate let mappingBase: UnsafeMutableRawPointer
     fileprivate let mappingLength: Int
 
@@ -56,9 +62,11 @@ package struct GuestMemory: ~Copyable {
     /// No memory: every translation fails (the state before the first SET_MEM_TABLE).
     package init() { table = UnsafeMutableBufferPointer(start: nil, count: 0) }
 
-    /// Validates the table, then maps every region shared and writable.
+    /// Validates the table, then maps every region shared and writable. `requireShrinkSeal`
+    /// refuses fds a front-end could still truncate.
     package init(
-        regions described: [VhostUserMemoryRegion], descriptors: borrowing ReceivedDescriptors
+        regions described: [VhostUserMemoryRegion], descriptors: borrowing ReceivedDescriptors,
+        requireShrinkSeal: Bool = false
     ) throws(GuestMemoryError) {
         guard (1...VhostUserLimits.maxMemoryRegions).contains(described.count), descriptors.count == described.count
         else { throw .badRegionCount(regions: described.count, descriptors: descriptors.count) }
@@ -80,6 +88,9 @@ package struct GuestMemory: ~Copyable {
             let rc = clibaio_fd_size(descriptors.peek(i) ?? -1, &fileSize)
             guard rc == 0 else { throw .system(Errno(rawValue: -rc)) }
             guard fileSize >= mapEnd else { throw .fileTooSmall(index: i, fileSize: fileSize) }
+            if requireShrinkSeal && !Self.shrinkSealed(descriptors.peek(i) ?? -1) {
+                throw .notSealedAgainstShrink(index: i)
+            }
         }
         var mapped: [GuestMemoryRegion] = []
         for (i, r) in described.enumerated() {
@@ -93,7 +104,8 @@ package struct GuestMemory: ~Copyable {
             mapped.append(
                 GuestMemoryRegion(
                     guestPhysicalAddress: r.guestPhysicalAddress, size: r.size, userAddress: r.userAddress,
-                    host: p + Int(r.mmapOffset), mappingBase: p, mappingLength: length))
+                    host: p + Int(r.mmapOffset), shrinkSealed: Self.shrinkSealed(descriptors.peek(i) ?? -1),
+                    mappingBase: p, mappingLength: length))
         }
         table = .allocate(capacity: mapped.count)
         _ = table.initialize(from: mapped)
@@ -105,6 +117,14 @@ package struct GuestMemory: ~Copyable {
     }
 
     package var isEmpty: Bool { table.isEmpty }
+
+    /// Every region is sealed against shrinking (false for an empty table).
+    package var allShrinkSealed: Bool { !table.isEmpty && table.allSatisfy { $0.shrinkSealed } }
+
+    private static func shrinkSealed(_ fd: Int32) -> Bool {
+        let seals = clibaio_get_seals(fd)
+        return seals >= 0 && seals & clibaio_F_SEAL_SHRINK != 0
+    }
 
     /// The host address of guest-physical `[address, address + length)`, or nil unless the whole
     /// range lies inside one region. A zero length still requires `address` inside a region.

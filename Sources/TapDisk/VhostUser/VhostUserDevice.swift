@@ -193,7 +193,9 @@ package struct VhostUserDevice: ~Copyable {
         do throws(VhostUserError) { regions = try m.memoryRegions() } catch { throw .message(error) }
         let fresh: GuestMemory
         do throws(GuestMemoryError) {
-            fresh = try GuestMemory(regions: regions, descriptors: m.descriptors)
+            fresh = try GuestMemory(
+                regions: regions, descriptors: m.descriptors,
+                requireShrinkSeal: configuration.requireShrinkSealedMemory)
         } catch {
             throw .memory(error)
         }

@@ -13,6 +13,10 @@ package struct VhostUserDeviceConfiguration: Sendable {
     package var maxWriteZeroesSectors: UInt32 = 1 << 16
     /// Largest queue SET_VRING_NUM may ask for.
     package var maxQueueSize: UInt32 = 1024
+    /// Refuse guest RAM whose fds lack F_SEAL_SHRINK (memory-backend-memfd seals by default;
+    /// memory-backend-file cannot). Off by default so file-backed guests still work; with it off,
+    /// a front-end that truncates its RAM file can SIGBUS this daemon (and only it).
+    package var requireShrinkSealedMemory = false
     /// GET_ID answer (at most 20 bytes are sent).
     package var serial: [UInt8] = Array("tapdiskd".utf8)
 

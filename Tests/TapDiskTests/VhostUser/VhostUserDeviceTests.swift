@@ -92,6 +92,20 @@ import Testing
         #expect(ro & VirtioFeatures.blkReadOnly != 0 && ro & VirtioFeatures.blkDiscard == 0)
     }
 
+    @Test func sealedMemoryCanBeRequired() throws {
+        var strict = Self.configuration
+        strict.requireShrinkSealedMemory = true
+        var device = VhostUserDevice(configuration: strict)
+        let memfd = try T.memfd(bytes: 0x1000)
+        let table = T.memoryTablePayload([
+            VhostUserMemoryRegion(guestPhysicalAddress: 0, size: 0x1000, userAddress: 0, mmapOffset: 0)
+        ])
+        #expect(throws: VhostUserDeviceError.memory(.notSealedAgainstShrink(index: 0))) {
+            _ = try device.handle(message(.setMemTable, payload: table, fds: [memfd.duplicate().release()]))
+        }
+        #expect(device.memory.isEmpty == true)
+    }
+
     @Test func configWindowsComeFromTheConfigSpace() throws {
         var device = VhostUserDevice(configuration: Self.configuration)
         let get = T.le(UInt32(0)) + T.le(UInt32(57)) + T.le(UInt32(0)) + [UInt8](repeating: 0, count: 57)

@@ -132,6 +132,29 @@ import Testing
         #expect(refusal([Self.high], fileBytes: [0xc0000 + 0x3ffff]) == .fileTooSmall(index: 0, fileSize: 0xfffff))
     }
 
+    @Test func shrinkSealsAreReportedAndCanBeRequired() throws {
+        let region = R(guestPhysicalAddress: 0, size: 0x1000, userAddress: 0, mmapOffset: 0)
+        let sealed = FileDescriptor(
+            adopting: try Errno.check(
+                clibaio_memfd_create("vhost-sealed", clibaio_MFD_CLOEXEC | clibaio_MFD_ALLOW_SEALING)))
+        #expect(ftruncate(sealed.rawValue, 0x1000) == 0)
+        _ = try Errno.check(clibaio_add_seals(sealed.rawValue, clibaio_F_SEAL_SHRINK | clibaio_F_SEAL_GROW))
+        let memory = try GuestMemory(
+            regions: [region], descriptors: ReceivedDescriptors(adopting: [T.highDuplicate(sealed)]),
+            requireShrinkSeal: true)
+        #expect(memory.allShrinkSealed && memory.regions[0].shrinkSealed)
+
+        let plain = try T.memfd(bytes: 0x1000)
+        let unsealed = try GuestMemory(
+            regions: [region], descriptors: ReceivedDescriptors(adopting: [T.highDuplicate(plain)]))
+        #expect(unsealed.allShrinkSealed == false)
+        #expect(throws: GuestMemoryError.notSealedAgainstShrink(index: 0)) {
+            _ = try GuestMemory(
+                regions: [region], descriptors: ReceivedDescriptors(adopting: [T.highDuplicate(plain)]),
+                requireShrinkSeal: true)
+        }
+    }
+
     @Test func descriptorCountMustMatch() throws {
         let fd = try T.memfd(bytes: 0x1000)
         let raw = T.highDuplicate(fd)

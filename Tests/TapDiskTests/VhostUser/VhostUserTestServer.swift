@@ -17,6 +17,8 @@ final class VhostUserTestServer {
     private(set) var errors: [String] = []
     private(set) var connections = 0
     private(set) var completed: [String: Int] = [:]
+    /// After each SET_MEM_TABLE: whether every region came sealed against shrinking.
+    private(set) var memoryTablesSealed: [Bool] = []
 
     init(imagePath: String, configuration: VhostUserDeviceConfiguration) throws {
         image = try FileDescriptor.open(imagePath, flags: O_RDWR)
@@ -63,7 +65,9 @@ final class VhostUserTestServer {
         do {
             guard let message = try VhostUserMessage.receive(from: connection) else { return false }
             requests.append(message.request)
+            let request = message.request
             if let reply = try device.handle(message) { try VhostUserReply.send(reply, on: connection) }
+            if request == .setMemTable { memoryTablesSealed.append(device.memory.allShrinkSealed) }
             return true
         } catch {
             errors.append("\(error)")
