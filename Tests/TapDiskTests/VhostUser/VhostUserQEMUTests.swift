@@ -11,8 +11,57 @@ import Testing
 ///
 /// Needs root, qemu-system-x86_64 and the cached guest (`scripts/guest.sh build`); skipped
 /// otherwise. The data path here is `VhostUserTestServer`'s synchronous one, not the engine.
-@Suite(.enabled(if: VhostUserGuest.available, "needs qemu-system-x86_64 and `scripts/guest.sh build`"))
+@Suite(.serialized, .enabled(if: VhostUserGuest.available, "needs qemu-system-x86_64 and `scripts/guest.sh build`"))
 struct VhostUserQEMUTests {
+    /// Boots the guest once against `listener`, served by `server`; the console output.
+    private func boot(
+        _ server: VhostUserTestServer, listener: borrowing FileDescriptor, socketPath: String, log: String,
+        script: String? = nil
+    ) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh")
+        process.arguments = ["run", socketPath] + (script.map { [$0] } ?? [])
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        server.run(listener: listener.rawValue) { !process.isRunning }
+        process.waitUntilExit()
+        try handle.close()
+        return (process.terminationStatus, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+    }
+
+    @Test(.timeLimit(.minutes(3))) func readOnlyDeviceServesReadsAndTheGuestCannotWrite() throws {
+        let dir = "/tmp/tapdisk-vhost-ro-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let imagePath = dir + "/image"
+        let imageBytes: UInt64 = 64 << 20
+        #expect(FileManager.default.createFile(atPath: imagePath, contents: nil))
+        #expect(truncate(imagePath, off_t(imageBytes)) == 0)
+        let script = dir + "/ro.sh"
+        try """
+        #!/bin/sh
+        echo "ro=$(cat /sys/block/vda/ro)"
+        dd if=/dev/vda of=/dev/null bs=64k count=16 2>/dev/null && echo read-ok
+        if dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=fsync 2>/dev/null; then echo write-accepted; exit 1; fi
+        echo write-refused
+        [ "$(cat /sys/block/vda/ro)" = 1 ]
+
+        """.write(toFile: script, atomically: true, encoding: .utf8)
+        let listener = FileDescriptor(adopting: try Errno.check(clibaio_stream_listen(dir + "/sock", 1)))
+        let server = try VhostUserTestServer(
+            imagePath: imagePath,
+            configuration: VhostUserDeviceConfiguration(
+                capacitySectors: imageBytes / 512, blockSize: 512, readOnly: true))
+        let (status, output) = try boot(
+            server, listener: listener, socketPath: dir + "/sock", log: dir + "/ro.log", script: script)
+        #expect(status == 0, "\(output.suffix(3000))")
+        #expect(output.contains("ro=1") && output.contains("read-ok") && output.contains("write-refused"))
+        #expect(server.errors.isEmpty, "\(server.errors)")
+        #expect(server.completed["read", default: 0] > 0 && server.completed["write"] == nil)
+    }
 
     @Test(.timeLimit(.minutes(5))) func linuxGuestMakesAndChecksExt4TwiceOverReconnect() throws {
         let dir = "/tmp/tapdisk-vhost-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -31,20 +80,9 @@ struct VhostUserQEMUTests {
                 capacitySectors: imageBytes / 512, blockSize: 512, readOnly: false))
 
         for run in 1...2 {
-            let log = dir + "/guest\(run).log"
-            let process = Process()
-            process.executableURL = VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh")
-            process.arguments = ["run", socketPath]
-            FileManager.default.createFile(atPath: log, contents: nil)
-            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            process.standardOutput = handle
-            process.standardError = handle
-            try process.run()
-            server.run(listener: listener.rawValue) { !process.isRunning }
-            process.waitUntilExit()
-            try handle.close()
-            let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            #expect(process.terminationStatus == 0, "run \(run):\n\(output.suffix(3000))")
+            let (status, output) = try boot(
+                server, listener: listener, socketPath: socketPath, log: dir + "/guest\(run).log")
+            #expect(status == 0, "run \(run):\n\(output.suffix(3000))")
             #expect(output.contains("TAPDISK-GUEST-END rc=0"), "run \(run)")
             #expect(output.contains("checksum written="), "run \(run)")
             #expect(output.contains("serial=tapdiskd"), "run \(run): GET_ID")
