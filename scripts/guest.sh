@@ -13,6 +13,10 @@
 # kernel builds as modules. A per-run script is appended as a second cpio archive (the kernel
 # unpacks concatenated newc archives in order), so the cached base image never changes.
 #
+# QEMU is killed with SIGKILL after $TAPDISK_GUEST_TIMEOUT seconds: a callers' blocked SIGTERM
+# (signal masks survive exec) must not keep it alive, and an abrupt kill is the point of a short
+# timeout (tests use one to disconnect a guest in the middle of its I/O).
+#
 # The guest prints TAPDISK-GUEST-BEGIN / TAPDISK-GUEST-END rc=N markers on ttyS0; `run`
 # scans them to produce its exit status, and also fails when the markers are missing.
 set -euo pipefail
@@ -157,7 +161,7 @@ run() {
     log="$work/console.log"
     start=$(date +%s.%N)
     set +e
-    timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg -smp 1 -m "$MEM" \
+    timeout -s KILL "$TIMEOUT" qemu-system-x86_64 -accel tcg -smp 1 -m "$MEM" \
         -object memory-backend-memfd,id=mem,size="${MEM}M",share=on -numa node,memdev=mem \
         -chardev socket,id=c,path="$sock" -device vhost-user-blk-pci,chardev=c \
         -kernel "$DIR/vmlinuz" -initrd "$initrd" -append 'console=ttyS0 panic=-1 quiet' \

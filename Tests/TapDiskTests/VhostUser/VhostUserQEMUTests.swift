@@ -16,11 +16,15 @@ struct VhostUserQEMUTests {
     /// Boots the guest once against `listener`, served by `server`; the console output.
     private func boot(
         _ server: VhostUserTestServer, listener: borrowing FileDescriptor, socketPath: String, log: String,
-        script: String? = nil
+        script: String? = nil, killAfterSeconds: Int? = nil
     ) throws -> (status: Int32, output: String) {
         let process = Process()
-        process.executableURL = VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh")
-        process.arguments = ["run", socketPath] + (script.map { [$0] } ?? [])
+        // env(1) sets the kill timeout for this run only.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments =
+            (killAfterSeconds.map { ["TAPDISK_GUEST_TIMEOUT=\($0)"] } ?? [])
+            + [VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh").path, "run", socketPath]
+            + (script.map { [$0] } ?? [])
         FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardOutput = handle
@@ -61,6 +65,30 @@ struct VhostUserQEMUTests {
         #expect(output.contains("ro=1") && output.contains("read-ok") && output.contains("write-refused"))
         #expect(server.errors.isEmpty, "\(server.errors)")
         #expect(server.completed["read", default: 0] > 0 && server.completed["write"] == nil)
+    }
+
+    @Test(.timeLimit(.minutes(3))) func qemuKilledMidBootLeavesTheDeviceReadyForTheNextConnection() throws {
+        let dir = "/tmp/tapdisk-vhost-kill-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let imagePath = dir + "/image"
+        let imageBytes: UInt64 = 256 << 20
+        #expect(FileManager.default.createFile(atPath: imagePath, contents: nil))
+        #expect(truncate(imagePath, off_t(imageBytes)) == 0)
+        let listener = FileDescriptor(adopting: try Errno.check(clibaio_stream_listen(dir + "/sock", 1)))
+        let server = try VhostUserTestServer(
+            imagePath: imagePath,
+            configuration: VhostUserDeviceConfiguration(
+                capacitySectors: imageBytes / 512, blockSize: 512, readOnly: false))
+        // `timeout` kills QEMU 6 s in: the guest is booting or already writing.
+        let (killed, killedOutput) = try boot(
+            server, listener: listener, socketPath: dir + "/sock", log: dir + "/killed.log", killAfterSeconds: 6)
+        #expect(killed != 0, "\(killedOutput.suffix(2000))")
+        #expect(!server.isConnected)
+        #expect(server.completed.values.reduce(0, +) > 0)  // killed with its ring in use
+        let (status, output) = try boot(server, listener: listener, socketPath: dir + "/sock", log: dir + "/after.log")
+        #expect(status == 0, "\(output.suffix(3000))")
+        #expect(server.connections == 2 && server.errors.isEmpty, "\(server.errors)")
     }
 
     @Test(.timeLimit(.minutes(5))) func linuxGuestMakesAndChecksExt4TwiceOverReconnect() throws {

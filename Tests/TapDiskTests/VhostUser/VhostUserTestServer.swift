@@ -16,6 +16,8 @@ final class VhostUserTestServer {
     private(set) var requests: [VhostUserRequest] = []
     private(set) var errors: [String] = []
     private(set) var connections = 0
+    /// A front-end is connected (false once it closed and the device was reset).
+    private(set) var isConnected = false
     private(set) var completed: [String: Int] = [:]
     /// After each SET_MEM_TABLE: whether every region came sealed against shrinking.
     private(set) var memoryTablesSealed: [Bool] = []
@@ -41,7 +43,10 @@ final class VhostUserTestServer {
             if connection < 0 {
                 if fds[0].revents != 0 {
                     connection = accept(listener, nil, nil)
-                    if connection >= 0 { connections += 1 }
+                    if connection >= 0 {
+                        connections += 1
+                        isConnected = true
+                    }
                 }
                 continue
             }
@@ -49,6 +54,7 @@ final class VhostUserTestServer {
                 close(connection)
                 connection = -1
                 device.reset()
+                isConnected = false
                 continue
             }
             if fds.count > 1, fds[1].revents != 0, let kick = device.kickDescriptor {
@@ -57,7 +63,13 @@ final class VhostUserTestServer {
             }
             serve()
         }
-        if connection >= 0 { close(connection) }
+        // The front-end process is gone: read what it left until EOF, then disconnect as usual.
+        if connection >= 0 {
+            while handleMessage(on: connection) {}
+            close(connection)
+            device.reset()
+            isConnected = false
+        }
     }
 
     /// False when the connection ends (orderly close or a protocol error).
