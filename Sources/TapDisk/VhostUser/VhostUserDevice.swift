@@ -75,6 +75,19 @@ package struct VhostUserDevice: ~Copyable {
 
     // MARK: - Control plane
 
+    /// Whether `message` must wait until the in-flight requests have completed: it stops or
+    /// remaps the ring (GET_VRING_BASE, SET_MEM_TABLE, RESET_OWNER, RESET_DEVICE) while I/O still
+    /// points into guest memory. The caller keeps the message, stops reading the socket, drains,
+    /// then calls `handle`. (`handle` refuses such a message with `.requestsInFlight` as a last
+    /// line of defence; RESET_* would otherwise unmap under the kernel's feet.)
+    package func mustWaitForDrain(_ message: borrowing VhostUserMessage) -> Bool {
+        guard inFlight > 0 else { return false }
+        switch message.request {
+        case .getVringBase, .setMemTable, .resetOwner, .resetDevice: return true
+        default: return false
+        }
+    }
+
     /// Handles one message and returns the bytes to send back (nil: nothing). Throws when the
     /// connection must end.
     package mutating func handle(_ message: consuming VhostUserMessage) throws(VhostUserDeviceError) -> [UInt8]? {
@@ -116,6 +129,7 @@ package struct VhostUserDevice: ~Copyable {
             case .setOwner:
                 owned = true
             case .resetOwner, .resetDevice:
+                if inFlight > 0 { throw VhostUserDeviceError.requestsInFlight(inFlight) }
                 reset()
             case .setMemTable:
                 try setMemoryTable(&m)

@@ -164,14 +164,20 @@ import Testing
         let iov = IovecStorage(Self.configuration.iovecCapacity)
         let chain = try #require(device.pop(into: iov.buffer).chain)
         #expect(chain.type == VirtioBlkType.flush)
+        let stop = try message(.getVringBase, payload: state(0, 0))
+        #expect(device.mustWaitForDrain(stop) == true)
+        let enable = try message(.setVringEnable, payload: state(0, 1))
+        #expect(device.mustWaitForDrain(enable) == false)
         #expect(throws: VhostUserDeviceError.requestsInFlight(1)) {
             _ = try device.handle(message(.getVringBase, payload: state(0, 0)))
         }
+        #expect(throws: VhostUserDeviceError.requestsInFlight(1)) { _ = try device.handle(message(.resetOwner)) }
         #expect(device.isRunning == true)  // a refused stop leaves the ring alone
         VirtioBlkStatus.ok.write(to: chain.status)
         #expect(device.complete(head: 0, writtenBytes: 1) == true)
         device.notifyIfNeeded()
         #expect(call.drain() == 1)  // the guest was interrupted
+        #expect(device.mustWaitForDrain(stop) == false)
         #expect((mem + 0x2000).load(fromByteOffset: 2, as: UInt16.self) == 1)  // used->idx
 
         // A new memory table while running rebuilds the ring where it stood.
