@@ -166,8 +166,9 @@ import Testing
 
     @Test func droppingTheOwnerUnmaps() throws {
         var memory = try T.guestMemory([Self.low])
-        let mapped = memory.translate(guestPhysical: 0, length: 1)
-        let base = UInt(bitPattern: try #require(mapped))
+        let mapped: UnsafeMutableRawPointer? = memory.translate(guestPhysical: 0, length: 1)
+        let pointer: UnsafeMutableRawPointer = try #require(mapped)
+        let base = UInt(bitPattern: pointer)
         #expect(Self.isMapped(base))
         memory = GuestMemory()
         #expect(!Self.isMapped(base))

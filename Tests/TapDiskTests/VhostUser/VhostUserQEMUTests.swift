@@ -25,7 +25,7 @@ struct VhostUserQEMUTests {
             (killAfterSeconds.map { ["TAPDISK_GUEST_TIMEOUT=\($0)"] } ?? [])
             + [VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh").path, "run", socketPath]
             + (script.map { [$0] } ?? [])
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardOutput = handle
         process.standardError = handle
