@@ -233,4 +233,7 @@ int clibaio_peer_hung_up(int fd);
 /// socket is configured (returns 1 in that case), -errno on failure.
 int clibaio_sd_notify(const char *state);
 
+// The vhost-user-blk front (its own header; SwiftPM uses this file as the umbrella).
+#include "CLibAIOVhost.h"
+
 #endif

@@ -1,0 +1,155 @@
+// CLibAIOVhost: the C seam for the vhost-user-blk front (Sources/TapDisk/VhostUser).
+//
+// The wire and ring layouts are little-endian and naturally aligned; the structs here mirror
+// the vhost-user spec (QEMU docs/interop/vhost-user.rst), the virtio 1.x split virtqueue and
+// <linux/virtio_blk.h>. vhost.c checks every size and offset with _Static_assert against the
+// kernel's uapi headers, which Swift never imports (they would drag __virtio types along).
+//
+// Guest memory is shared with a hostile writer, so the accessors below read each shared field
+// with a single access (memcpy into a private copy, or __atomic loads) and order publication
+// with explicit acquire/release/seq_cst fences. They are static inline so the hot path pays no
+// call.
+#ifndef CLIBAIO_VHOST_H
+#define CLIBAIO_VHOST_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/types.h>
+
+// MARK: - vhost-user wire structs
+
+struct clibaio_vhost_header {
+    uint32_t request;
+    uint32_t flags;
+    uint32_t size;
+};
+
+struct clibaio_vhost_memory_region {
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+    uint64_t mmap_offset;
+};
+
+struct clibaio_vhost_vring_addr {
+    uint32_t index;
+    uint32_t flags;
+    uint64_t desc_user_addr;
+    uint64_t used_user_addr;
+    uint64_t avail_user_addr;
+    uint64_t log_guest_addr;
+};
+
+// MARK: - split virtqueue structs
+
+struct clibaio_virtq_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+
+struct clibaio_virtq_used_elem {
+    uint32_t id;
+    uint32_t len;
+};
+
+// MARK: - virtio-blk structs
+
+struct clibaio_virtio_blk_outhdr {
+    uint32_t type;
+    uint32_t ioprio;
+    uint64_t sector;
+};
+
+struct clibaio_virtio_blk_discard_write_zeroes {
+    uint64_t sector;
+    uint32_t num_sectors;
+    uint32_t flags;
+};
+
+/// Offsets and size of struct virtio_blk_config as <linux/virtio_blk.h> lays it out (computed
+/// with offsetof in vhost.c, so a test can hold the Swift encoder to the kernel's layout).
+extern const uint32_t clibaio_vblk_cfg_capacity;
+extern const uint32_t clibaio_vblk_cfg_size_max;
+extern const uint32_t clibaio_vblk_cfg_seg_max;
+extern const uint32_t clibaio_vblk_cfg_geometry;
+extern const uint32_t clibaio_vblk_cfg_blk_size;
+extern const uint32_t clibaio_vblk_cfg_physical_block_exp;
+extern const uint32_t clibaio_vblk_cfg_min_io_size;
+extern const uint32_t clibaio_vblk_cfg_opt_io_size;
+extern const uint32_t clibaio_vblk_cfg_wce;
+extern const uint32_t clibaio_vblk_cfg_num_queues;
+extern const uint32_t clibaio_vblk_cfg_max_discard_sectors;
+extern const uint32_t clibaio_vblk_cfg_max_discard_seg;
+extern const uint32_t clibaio_vblk_cfg_discard_sector_alignment;
+extern const uint32_t clibaio_vblk_cfg_max_write_zeroes_sectors;
+extern const uint32_t clibaio_vblk_cfg_max_write_zeroes_seg;
+extern const uint32_t clibaio_vblk_cfg_write_zeroes_may_unmap;
+/// offsetof(max_secure_erase_sectors): where the fields this backend offers end.
+extern const uint32_t clibaio_vblk_cfg_secure_erase_start;
+
+// MARK: - shared-memory accessors (single access, explicit ordering)
+
+/// Copies one descriptor out of shared memory exactly once; later reads use the copy only.
+static inline void clibaio_virtq_copy_desc(struct clibaio_virtq_desc *dst, const void *src) {
+    memcpy(dst, src, sizeof(*dst));
+    __asm__ __volatile__("" ::: "memory");
+}
+
+/// Copies `len` bytes out of shared memory once (headers, discard segments).
+static inline void clibaio_shared_copy(void *dst, const void *src, size_t len) {
+    memcpy(dst, src, len);
+    __asm__ __volatile__("" ::: "memory");
+}
+
+static inline uint16_t clibaio_load_u16_acquire(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
+}
+
+static inline uint16_t clibaio_load_u16_relaxed(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED);
+}
+
+static inline void clibaio_store_u16_release(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
+}
+
+static inline void clibaio_store_u16_relaxed(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
+}
+
+static inline void clibaio_store_u32_relaxed(void *p, uint32_t v) {
+    __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELAXED);
+}
+
+static inline void clibaio_store_u8_relaxed(void *p, uint8_t v) {
+    __atomic_store_n((uint8_t *)p, v, __ATOMIC_RELAXED);
+}
+
+/// The full barrier between publishing used->idx and reading used_event / avail flags.
+static inline void clibaio_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// MARK: - AF_UNIX SOCK_STREAM messages (vhost-user)
+
+/// Receives exactly `len` header bytes, collecting SCM_RIGHTS fds (cloexec) from every
+/// control message on the way. `*nfds` counts all fds received; those beyond `max_fds` are
+/// closed here. Returns `len`, 0 on EOF before the first byte, -ECONNRESET on EOF mid-header,
+/// or -errno. Blocks (the peer sends a whole message at once).
+ssize_t clibaio_vhost_recv_header(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds);
+/// Receives exactly `len` payload bytes; fds arriving here are closed and counted in
+/// `*stray_fds`. Returns `len`, -ECONNRESET on EOF, or -errno.
+ssize_t clibaio_vhost_recv_payload(int fd, void *buf, size_t len, int *stray_fds);
+/// Sends `len` bytes (fds, if any, attached to the first byte); loops over short writes.
+ssize_t clibaio_vhost_send(int fd, const void *buf, size_t len, const int *fds, int nfds);
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): 0 or -errno.
+int clibaio_stream_socketpair(int sv[2]);
+/// Binds and listens on an AF_UNIX SOCK_STREAM socket (cloexec). The listening fd or -errno.
+int clibaio_stream_listen(const char *path, int backlog);
+/// Connects an AF_UNIX SOCK_STREAM socket (blocking, cloexec). The fd or -errno.
+int clibaio_stream_connect(const char *path);
+/// fstat's st_size: 0 and *size, or -errno.
+int clibaio_fd_size(int fd, uint64_t *size);
+
+#endif

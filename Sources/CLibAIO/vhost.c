@@ -1,0 +1,226 @@
+#include "CLibAIOVhost.h"
+
+#include <errno.h>
+#include <linux/virtio_blk.h>
+#include <linux/virtio_ring.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+// MARK: - ABI checks against the kernel's uapi headers and the vhost-user spec
+
+_Static_assert(sizeof(struct clibaio_vhost_header) == 12, "vhost-user header is 12 bytes");
+_Static_assert(sizeof(struct clibaio_vhost_memory_region) == 32, "memory region is 32 bytes");
+_Static_assert(sizeof(struct clibaio_vhost_vring_addr) == 40, "vring address is 40 bytes");
+_Static_assert(offsetof(struct clibaio_vhost_vring_addr, desc_user_addr) == 8, "desc @8");
+_Static_assert(offsetof(struct clibaio_vhost_vring_addr, used_user_addr) == 16, "used @16");
+_Static_assert(offsetof(struct clibaio_vhost_vring_addr, avail_user_addr) == 24, "avail @24");
+
+_Static_assert(sizeof(struct clibaio_virtq_desc) == sizeof(struct vring_desc), "desc size");
+_Static_assert(offsetof(struct clibaio_virtq_desc, len) == offsetof(struct vring_desc, len), "desc len");
+_Static_assert(offsetof(struct clibaio_virtq_desc, flags) == offsetof(struct vring_desc, flags), "desc flags");
+_Static_assert(offsetof(struct clibaio_virtq_desc, next) == offsetof(struct vring_desc, next), "desc next");
+_Static_assert(sizeof(struct clibaio_virtq_used_elem) == sizeof(struct vring_used_elem), "used elem");
+_Static_assert(offsetof(struct vring_avail, ring) == 4, "avail ring @4");
+_Static_assert(offsetof(struct vring_used, ring) == 4, "used ring @4");
+_Static_assert(VRING_DESC_F_NEXT == 1 && VRING_DESC_F_WRITE == 2 && VRING_DESC_F_INDIRECT == 4, "desc flags");
+_Static_assert(VIRTIO_RING_F_INDIRECT_DESC == 28 && VIRTIO_RING_F_EVENT_IDX == 29, "ring features");
+
+_Static_assert(sizeof(struct clibaio_virtio_blk_outhdr) == sizeof(struct virtio_blk_outhdr), "outhdr");
+_Static_assert(offsetof(struct clibaio_virtio_blk_outhdr, sector) == offsetof(struct virtio_blk_outhdr, sector),
+               "outhdr sector");
+_Static_assert(sizeof(struct clibaio_virtio_blk_discard_write_zeroes) ==
+                   sizeof(struct virtio_blk_discard_write_zeroes), "discard segment");
+_Static_assert(offsetof(struct clibaio_virtio_blk_discard_write_zeroes, num_sectors) ==
+                   offsetof(struct virtio_blk_discard_write_zeroes, num_sectors), "discard num_sectors");
+_Static_assert(offsetof(struct clibaio_virtio_blk_discard_write_zeroes, flags) ==
+                   offsetof(struct virtio_blk_discard_write_zeroes, flags), "discard flags");
+
+// The virtio spec's offsets (5.2.4), held against the kernel's struct.
+_Static_assert(offsetof(struct virtio_blk_config, capacity) == 0, "capacity @0");
+_Static_assert(offsetof(struct virtio_blk_config, size_max) == 8, "size_max @8");
+_Static_assert(offsetof(struct virtio_blk_config, seg_max) == 12, "seg_max @12");
+_Static_assert(offsetof(struct virtio_blk_config, geometry) == 16, "geometry @16");
+_Static_assert(offsetof(struct virtio_blk_config, blk_size) == 20, "blk_size @20");
+_Static_assert(offsetof(struct virtio_blk_config, physical_block_exp) == 24, "physical_block_exp @24");
+_Static_assert(offsetof(struct virtio_blk_config, min_io_size) == 26, "min_io_size @26");
+_Static_assert(offsetof(struct virtio_blk_config, opt_io_size) == 28, "opt_io_size @28");
+_Static_assert(offsetof(struct virtio_blk_config, wce) == 32, "wce @32");
+_Static_assert(offsetof(struct virtio_blk_config, num_queues) == 34, "num_queues @34");
+_Static_assert(offsetof(struct virtio_blk_config, max_discard_sectors) == 36, "max_discard_sectors @36");
+_Static_assert(offsetof(struct virtio_blk_config, max_discard_seg) == 40, "max_discard_seg @40");
+_Static_assert(offsetof(struct virtio_blk_config, discard_sector_alignment) == 44, "discard_sector_alignment @44");
+_Static_assert(offsetof(struct virtio_blk_config, max_write_zeroes_sectors) == 48, "max_write_zeroes_sectors @48");
+_Static_assert(offsetof(struct virtio_blk_config, max_write_zeroes_seg) == 52, "max_write_zeroes_seg @52");
+_Static_assert(offsetof(struct virtio_blk_config, write_zeroes_may_unmap) == 56, "write_zeroes_may_unmap @56");
+_Static_assert(offsetof(struct virtio_blk_config, max_secure_erase_sectors) == 60, "secure erase @60");
+_Static_assert(VIRTIO_BLK_T_IN == 0 && VIRTIO_BLK_T_OUT == 1 && VIRTIO_BLK_T_FLUSH == 4, "blk types");
+_Static_assert(VIRTIO_BLK_T_GET_ID == 8 && VIRTIO_BLK_T_DISCARD == 11 && VIRTIO_BLK_T_WRITE_ZEROES == 13,
+               "blk types");
+_Static_assert(VIRTIO_BLK_S_OK == 0 && VIRTIO_BLK_S_IOERR == 1 && VIRTIO_BLK_S_UNSUPP == 2, "blk statuses");
+_Static_assert(VIRTIO_BLK_ID_BYTES == 20, "GET_ID is 20 bytes");
+
+const uint32_t clibaio_vblk_cfg_capacity = offsetof(struct virtio_blk_config, capacity);
+const uint32_t clibaio_vblk_cfg_size_max = offsetof(struct virtio_blk_config, size_max);
+const uint32_t clibaio_vblk_cfg_seg_max = offsetof(struct virtio_blk_config, seg_max);
+const uint32_t clibaio_vblk_cfg_geometry = offsetof(struct virtio_blk_config, geometry);
+const uint32_t clibaio_vblk_cfg_blk_size = offsetof(struct virtio_blk_config, blk_size);
+const uint32_t clibaio_vblk_cfg_physical_block_exp = offsetof(struct virtio_blk_config, physical_block_exp);
+const uint32_t clibaio_vblk_cfg_min_io_size = offsetof(struct virtio_blk_config, min_io_size);
+const uint32_t clibaio_vblk_cfg_opt_io_size = offsetof(struct virtio_blk_config, opt_io_size);
+const uint32_t clibaio_vblk_cfg_wce = offsetof(struct virtio_blk_config, wce);
+const uint32_t clibaio_vblk_cfg_num_queues = offsetof(struct virtio_blk_config, num_queues);
+const uint32_t clibaio_vblk_cfg_max_discard_sectors = offsetof(struct virtio_blk_config, max_discard_sectors);
+const uint32_t clibaio_vblk_cfg_max_discard_seg = offsetof(struct virtio_blk_config, max_discard_seg);
+const uint32_t clibaio_vblk_cfg_discard_sector_alignment =
+    offsetof(struct virtio_blk_config, discard_sector_alignment);
+const uint32_t clibaio_vblk_cfg_max_write_zeroes_sectors =
+    offsetof(struct virtio_blk_config, max_write_zeroes_sectors);
+const uint32_t clibaio_vblk_cfg_max_write_zeroes_seg = offsetof(struct virtio_blk_config, max_write_zeroes_seg);
+const uint32_t clibaio_vblk_cfg_write_zeroes_may_unmap =
+    offsetof(struct virtio_blk_config, write_zeroes_may_unmap);
+const uint32_t clibaio_vblk_cfg_secure_erase_start = offsetof(struct virtio_blk_config, max_secure_erase_sectors);
+
+// MARK: - AF_UNIX SOCK_STREAM messages
+
+#define CLIBAIO_VHOST_MAX_CMSG_FDS 16
+
+static void collect_fds(struct msghdr *msg, int *fds, int max_fds, int *nfds) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *data = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int received;
+            memcpy(&received, data + i, sizeof(int));
+            if (*nfds < max_fds) {
+                fds[*nfds] = received;
+            } else {
+                close(received);
+            }
+            (*nfds)++;
+        }
+    }
+}
+
+static ssize_t recv_exact(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds) {
+    size_t done = 0;
+    while (done < len) {
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * CLIBAIO_VHOST_MAX_CMSG_FDS)];
+            struct cmsghdr align;
+        } control;
+        struct iovec iov = {(char *)buf + done, len - done};
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof(control.buf);
+        ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        collect_fds(&msg, fds, max_fds, nfds);
+        if (msg.msg_flags & MSG_CTRUNC) (*nfds) += CLIBAIO_VHOST_MAX_CMSG_FDS;  // more than we can hold
+        if (n == 0) return done == 0 ? 0 : -ECONNRESET;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+ssize_t clibaio_vhost_recv_header(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds) {
+    *nfds = 0;
+    return recv_exact(fd, buf, len, fds, max_fds, nfds);
+}
+
+ssize_t clibaio_vhost_recv_payload(int fd, void *buf, size_t len, int *stray_fds) {
+    *stray_fds = 0;
+    if (len == 0) return 0;
+    ssize_t n = recv_exact(fd, buf, len, NULL, 0, stray_fds);
+    return n == 0 ? -ECONNRESET : n;
+}
+
+ssize_t clibaio_vhost_send(int fd, const void *buf, size_t len, const int *fds, int nfds) {
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * CLIBAIO_VHOST_MAX_CMSG_FDS)];
+        struct cmsghdr align;
+    } control;
+    if (nfds < 0 || nfds > CLIBAIO_VHOST_MAX_CMSG_FDS) return -EINVAL;
+    size_t done = 0;
+    while (done < len || (len == 0 && done == 0)) {
+        struct iovec iov = {(char *)buf + done, len - done};
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        if (done == 0 && nfds > 0) {
+            memset(control.buf, 0, sizeof(control.buf));
+            msg.msg_control = control.buf;
+            msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+            memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+        }
+        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        done += (size_t)n;
+        if (len == 0) break;
+    }
+    return (ssize_t)done;
+}
+
+int clibaio_stream_socketpair(int sv[2]) {
+    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ? -errno : 0;
+}
+
+static int fill_address(struct sockaddr_un *addr, const char *path) {
+    memset(addr, 0, sizeof(*addr));
+    addr->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(addr->sun_path)) return -ENAMETOOLONG;
+    strcpy(addr->sun_path, path);
+    return 0;
+}
+
+int clibaio_stream_listen(const char *path, int backlog) {
+    struct sockaddr_un addr;
+    int rc = fill_address(&addr, path);
+    if (rc < 0) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -errno;
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, backlog) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int clibaio_stream_connect(const char *path) {
+    struct sockaddr_un addr;
+    int rc = fill_address(&addr, path);
+    if (rc < 0) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int clibaio_fd_size(int fd, uint64_t *size) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
