@@ -12,7 +12,7 @@ import TapDisk
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Drive a running daemon as a frontend and measure IOPS and latency (like fio --ioengine=libaio).")
+        abstract: "Drive a running daemon as a frontend and measure IOPS and latency (like fio with its libaio engine).")
 
     enum Pattern: String, ExpressibleByArgument, CaseIterable {
         case randread, randwrite, read, write

@@ -66,6 +66,7 @@ import Testing
         (["serve", "--help"], "serve-options"),
         (["ctl", "--help"], "ctl-options"),
         (["create", "--help"], "create-options"),
+        (["bench", "--help"], "bench-options"),
     ])
     func manPageListsExactlyTheHelpOptions(arguments: [String], marker: String) throws {
         let fromHelp = Self.longOptions(in: try Self.help(arguments))
@@ -93,7 +94,7 @@ import Testing
     /// every command is on the page.
     @Test func everyOptionOnThePageExists() throws {
         var known = Set<String>()
-        for command in ["serve", "ctl", "create", "demo"] {
+        for command in ["serve", "ctl", "create", "demo", "bench"] {
             known.formUnion(Self.longOptions(in: try Self.help([command, "--help"])))
         }
         let onPage = Self.longOptions(in: Self.withoutExamples(try Self.roffText()))

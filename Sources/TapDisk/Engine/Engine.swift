@@ -42,8 +42,6 @@ package final class Engine {
     @exclusivity(unchecked) var submittedAt: UnsafeMutablePointer<UInt64>
     /// Smoothed submit→completion latency (EWMA, 1/8), for the polling window.
     @exclusivity(unchecked) package internal(set) var completionLatencyNanos: UInt64 = 0
-    /// When requests were last consumed: a frontend active that recently is worth polling for.
-    @exclusivity(unchecked) package internal(set) var lastConsumeNanos: UInt64 = 0
     /// Index of the BARRIER that stops consumption until it is answered.
     @exclusivity(unchecked) var barrierIndex: Int? = nil
     /// Submission hit EAGAIN: retry after completions or a short sleep.
@@ -167,7 +165,6 @@ package final class Engine {
         case .requests(let n):
             pending = n
         }
-        if pending > 0 { lastConsumeNanos = MonotonicClock.nanoseconds() }
         var request = clibaio_blkif_request()
         var remaining = pending
         while remaining > 0 && canConsume {
@@ -264,8 +261,11 @@ package final class Engine {
         // A held request resubmitted after the image shrank was validated against the old size:
         // answer it ERROR rather than let the write extend the file again.
         let sectors =
-            record.pointee.operation == .discard ? UInt64(record.pointee.discardSectors) : UInt64(record.pointee.dataBytes / 512)
-        if sectors > 0 && (record.pointee.sector > geometry.sectors || sectors > geometry.sectors - record.pointee.sector) {
+            record.pointee.operation == .discard
+            ? UInt64(record.pointee.discardSectors) : UInt64(record.pointee.dataBytes / 512)
+        if sectors > 0
+            && (record.pointee.sector > geometry.sectors || sectors > geometry.sectors - record.pointee.sector)
+        {
             finish(index, .error)
             return
         }
