@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--ramp", type=float, default=1)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--poll-us", type=int, default=50)
+    ap.add_argument("--poll-us", type=int, default=0)
     ap.add_argument("--placement", default="colocated,split")
     ap.add_argument("--cases", default=",".join(CASES))
     a = ap.parse_args()

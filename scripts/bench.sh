@@ -8,7 +8,7 @@
 # `tapdiskd --cache none` daemon, alternating, and prints Markdown tables of medians (IOPS, ratio,
 # p50/p99, daemon CPU per 1,000 I/Os) on stdout; progress goes to stderr. Environment:
 # BENCH_IMAGE (default /var/tmp/tapdisk-bench.img), BENCH_RAMP (default 1), BENCH_POLL_US
-# (the daemon's --poll-us, default 50), BENCH_PLACEMENT (colocated,split), BENCH_CASES
+# (the daemon's --poll-us, default 0), BENCH_PLACEMENT (colocated,split), BENCH_CASES
 # (comma-separated names from scripts/bench.py), BENCH_KEEP_IMAGE=1 keeps the image.
 set -euo pipefail
 
@@ -39,5 +39,5 @@ sync
 trap '[[ ${BENCH_KEEP_IMAGE:-0} == 1 ]] || rm -f "$image"' EXIT
 
 python3 "$repo/scripts/bench.py" --tapdiskd "$tapdiskd" --image "$image" --seconds "$seconds" --ramp "$ramp" \
-    --rounds "$rounds" --poll-us "${BENCH_POLL_US:-50}" --placement "${BENCH_PLACEMENT:-colocated,split}" \
+    --rounds "$rounds" --poll-us "${BENCH_POLL_US:-0}" --placement "${BENCH_PLACEMENT:-colocated,split}" \
     ${BENCH_CASES:+--cases "$BENCH_CASES"}

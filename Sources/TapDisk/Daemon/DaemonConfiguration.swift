@@ -15,8 +15,9 @@ package struct DaemonConfiguration: Sendable {
     /// CPUs the daemon's thread may run on (`--cpu`); nil = wherever the scheduler likes.
     package var cpus: [Int]? = nil
 
-    /// Chosen from `scripts/bench.sh` runs (docs/performance.md).
-    package static let defaultPollMicroseconds: UInt64 = 50
+    /// Off by default: on this project's machine polling won some cases and lost others by more
+    /// (docs/performance.md), so it is opt-in.
+    package static let defaultPollMicroseconds: UInt64 = 0
 
     package init(imagePath: String, socketPath: String?) {
         self.imagePath = imagePath

@@ -1,172 +1,6 @@
-import ArgumentParser
 import CLibAIO
 import Glibc
 import TapDisk
-
-/// `tapdiskd bench`: a fio-like load generator that attaches to a running daemon as its frontend.
-///
-/// It keeps exactly `--iodepth` requests in flight for `--seconds`, refilling as responses are
-/// reaped, and reports IOPS, MiB/s and submit→response latency. The measuring loop does not
-/// allocate: request templates, per-slot timestamps, the free-slot stack and the latency
-/// histogram are preallocated, and requests are written into ring slots straight from them.
-struct BenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench",
-        abstract: "Drive a running daemon as a frontend and measure IOPS and latency (like fio with its libaio engine).")
-
-    enum Pattern: String, ExpressibleByArgument, CaseIterable {
-        case randread, randwrite, read, write
-        var isRead: Bool { self == .randread || self == .read }
-        var isRandom: Bool { self == .randread || self == .randwrite }
-    }
-
-    @Option(help: "The daemon's control socket.")
-    var socket: String
-
-    @Option(help: "randread, randwrite, read or write.")
-    var rw: Pattern = .randread
-
-    @Option(help: "Request size: a multiple of 512 up to 1m; above 44k (11 segments) requests are INDIRECT.")
-    var bs: String = "4k"
-
-    @Option(help: "Requests kept in flight.")
-    var iodepth: Int = 1
-
-    @Option(help: "Measured seconds.")
-    var seconds: Double = 10
-
-    @Option(help: "Seconds of load before measuring (like fio --ramp_time).")
-    var ramp: Double = 0
-
-    @Option(
-        name: .customLong("ring-page-order"),
-        help: "Ring size 2^N pages (default: the smallest ring holding --iodepth).")
-    var ringPageOrder: Int?
-
-    @Option(help: "Random seed for offsets.")
-    var seed: UInt64 = 0x5EED
-
-    @Flag(help: "Print one JSON object instead of text.")
-    var json = false
-
-    func validate() throws {
-        guard iodepth >= 1 else { throw ValidationError("--iodepth must be at least 1") }
-        guard seconds > 0, ramp >= 0 else { throw ValidationError("--seconds must be positive, --ramp not negative") }
-        let bytes: UInt64
-        do { bytes = try ByteSize.parse(bs) } catch { throw ValidationError("--bs: \(error.message)") }
-        guard bytes > 0, bytes % 512 == 0, bytes <= UInt64(Self.maxIndirectSegments * RingLayout.pageSize) else {
-            throw ValidationError("--bs must be a positive multiple of 512 up to 1m")
-        }
-        if let ringPageOrder, !(0...RingLayout.maxPageOrder).contains(ringPageOrder) {
-            throw ValidationError("--ring-page-order must be 0...\(RingLayout.maxPageOrder)")
-        }
-    }
-
-    /// The daemon advertises 256 INDIRECT segments (1 MiB).
-    static let maxIndirectSegments = 256
-
-    func run() throws {
-        let blockBytes = Int((try? ByteSize.parse(bs)) ?? 4096)
-        let order =
-            ringPageOrder ?? (0...RingLayout.maxPageOrder).first {
-                RingLayout.entries(pageOrder: $0) >= UInt32(iodepth)
-            } ?? RingLayout.maxPageOrder
-        guard RingLayout.entries(pageOrder: order) >= UInt32(iodepth) else {
-            throw ReportedFailure(
-                message:
-                    "tapdiskd bench: a ring of order \(order) holds \(RingLayout.entries(pageOrder: order)) requests < --iodepth \(iodepth)"
-            )
-        }
-        let pagesPerRequest = (blockBytes + RingLayout.pageSize - 1) / RingLayout.pageSize
-        let disk: RemoteDisk
-        do {
-            // INDIRECT requests need one more page per slot for their descriptors.
-            let indirect = pagesPerRequest > RingLayout.maxSegments
-            disk = try RemoteDisk(
-                socketPath: socket, pageOrder: order, dataPages: iodepth * (pagesPerRequest + (indirect ? 1 : 0)))
-        } catch {
-            throw ReportedFailure(message: "tapdiskd bench: attach: \(error)")
-        }
-        let diskBytes = disk.sectors * 512
-        guard diskBytes >= UInt64(blockBytes) else {
-            throw ReportedFailure(message: "tapdiskd bench: the disk is smaller than --bs")
-        }
-        let runner = BenchRunner(
-            disk: disk, pattern: rw, blockBytes: blockBytes, pagesPerRequest: pagesPerRequest, depth: iodepth,
-            blocks: diskBytes / UInt64(blockBytes), seed: seed)
-        let outcome = runner.run(rampNanos: UInt64(ramp * 1e9), measureNanos: UInt64(seconds * 1e9))
-        runner.release()
-        let detached = try? disk.detach()
-        let report = runner.report(outcome: outcome, ringPageOrder: order)
-        print(json ? report.json : report.text)
-        if detached == nil { printError("tapdiskd bench: detach failed") }
-        if !outcome.ok || report.errors > 0 { throw ExitCode(1) }
-    }
-}
-
-/// Latency histogram with fixed, preallocated buckets: exact below 64 ns, then 64 linear
-/// sub-buckets per power of two (relative error under 1.6%). Recording never allocates.
-struct LatencyHistogram: ~Copyable {
-    static let subBits = 6
-    static let bucketCount = 64 * 64
-    let counts: UnsafeMutablePointer<UInt64>
-    var total: UInt64 = 0
-    var sum: UInt64 = 0
-    var minimum: UInt64 = .max
-    var maximum: UInt64 = 0
-
-    init() {
-        counts = .allocate(capacity: Self.bucketCount)
-        counts.initialize(repeating: 0, count: Self.bucketCount)
-    }
-
-    deinit { counts.deallocate() }
-
-    @inline(__always)
-    static func index(_ v: UInt64) -> Int {
-        if v < 64 { return Int(v) }
-        let e = 63 - v.leadingZeroBitCount
-        let sub = Int((v >> UInt64(e - subBits)) & 63)
-        return (e - subBits + 1) * 64 + sub
-    }
-
-    /// Middle of bucket `i`.
-    static func value(_ i: Int) -> Double {
-        if i < 64 { return Double(i) }
-        let e = i / 64 + subBits - 1
-        let sub = i % 64
-        let low = Double(64 + sub) * Double(UInt64(1) << UInt64(e - subBits))
-        return low + Double(UInt64(1) << UInt64(e - subBits)) / 2
-    }
-
-    @inline(__always)
-    mutating func record(_ v: UInt64) {
-        counts[Self.index(v)] &+= 1
-        total &+= 1
-        sum &+= v
-        if v < minimum { minimum = v }
-        if v > maximum { maximum = v }
-    }
-
-    mutating func reset() {
-        counts.update(repeating: 0, count: Self.bucketCount)
-        total = 0
-        sum = 0
-        minimum = .max
-        maximum = 0
-    }
-
-    func percentile(_ p: Double) -> Double {
-        guard total > 0 else { return 0 }
-        let rank = UInt64((p / 100 * Double(total)).rounded(.up))
-        var seen: UInt64 = 0
-        for i in 0..<Self.bucketCount {
-            seen += counts[i]
-            if seen >= max(rank, 1) { return min(max(Self.value(i), Double(minimum)), Double(maximum)) }
-        }
-        return Double(maximum)
-    }
-}
 
 /// The measuring loop; every per-request structure is preallocated in `init`.
 final class BenchRunner {
@@ -387,14 +221,14 @@ final class BenchRunner {
         let failure = outcome.ok ? "" : outcome.failure
         let json = """
             {"rw":"\(pattern.rawValue)","bs":\(blockBytes),"iodepth":\(depth),"ring-page-order":\(ringPageOrder),\
-            "seconds":\(fmt(secs, 3)),"completed":\(outcome.completed),"iops":\(fmt(iops, 1)),"mib-per-s":\(fmt(mibs, 2)),\
-            "lat-us":{"mean":\(fmt(mean, 2)),"p50":\(fmt(p50, 2)),"p99":\(fmt(p99, 2)),"p99.9":\(fmt(p999, 2)),"max":\(fmt(maxUs, 2))},\
+            "seconds":\(fixedPoint(secs, 3)),"completed":\(outcome.completed),"iops":\(fixedPoint(iops, 1)),"mib-per-s":\(fixedPoint(mibs, 2)),\
+            "lat-us":{"mean":\(fixedPoint(mean, 2)),"p50":\(fixedPoint(p50, 2)),"p99":\(fixedPoint(p99, 2)),"p99.9":\(fixedPoint(p999, 2)),"max":\(fixedPoint(maxUs, 2))},\
             "errors":\(errors),"first-error-status":\(firstErrorStatus),"ok":\(outcome.ok && errors == 0),"failure":"\(failure)"}
             """
         var text = """
             tapdiskd bench: \(pattern.rawValue) bs=\(blockBytes) iodepth=\(depth) ring-page-order=\(ringPageOrder)
-              \(outcome.completed) requests in \(fmt(secs, 3)) s: \(fmt(iops, 0)) IOPS, \(fmt(mibs, 1)) MiB/s
-              latency (us): mean \(fmt(mean, 1)), p50 \(fmt(p50, 1)), p99 \(fmt(p99, 1)), p99.9 \(fmt(p999, 1)), max \(fmt(maxUs, 1))
+              \(outcome.completed) requests in \(fixedPoint(secs, 3)) s: \(fixedPoint(iops, 0)) IOPS, \(fixedPoint(mibs, 1)) MiB/s
+              latency (us): mean \(fixedPoint(mean, 1)), p50 \(fixedPoint(p50, 1)), p99 \(fixedPoint(p99, 1)), p99.9 \(fixedPoint(p999, 1)), max \(fixedPoint(maxUs, 1))
               errors: \(errors)
             """
         if errors > 0 { text += " (first status \(firstErrorStatus))" }
@@ -404,7 +238,7 @@ final class BenchRunner {
 }
 
 /// Fixed-point formatting without Foundation.
-func fmt(_ x: Double, _ decimals: Int) -> String {
+func fixedPoint(_ x: Double, _ decimals: Int) -> String {
     guard x.isFinite else { return "0" }
     var scale = 1.0
     for _ in 0..<decimals { scale *= 10 }
