@@ -52,11 +52,13 @@ int clibaio_raise_nofile_limit(uint64_t *soft, uint64_t *hard) {
     return rc;
 }
 
-int clibaio_unix_listen(const char *path, int backlog) {
+// One listen and one connect for both socket types: SOCK_SEQPACKET for the control socket,
+// SOCK_STREAM for vhost-user.
+static int unix_listen(const char *path, int type, int backlog) {
     struct sockaddr_un addr;
     int rc = fill_sockaddr(&addr, path);
     if (rc < 0) return rc;
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return -errno;
     if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, backlog) != 0) {
         int e = errno;
@@ -66,11 +68,11 @@ int clibaio_unix_listen(const char *path, int backlog) {
     return fd;
 }
 
-int clibaio_unix_connect(const char *path) {
+static int unix_connect(const char *path, int type) {
     struct sockaddr_un addr;
     int rc = fill_sockaddr(&addr, path);
     if (rc < 0) return rc;
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
         int e = errno;
@@ -79,6 +81,14 @@ int clibaio_unix_connect(const char *path) {
     }
     return fd;
 }
+
+int clibaio_unix_listen(const char *path, int backlog) { return unix_listen(path, SOCK_SEQPACKET, backlog); }
+
+int clibaio_unix_connect(const char *path) { return unix_connect(path, SOCK_SEQPACKET); }
+
+int clibaio_stream_listen(const char *path, int backlog) { return unix_listen(path, SOCK_STREAM, backlog); }
+
+int clibaio_stream_connect(const char *path) { return unix_connect(path, SOCK_STREAM); }
 
 int clibaio_accept(int listen_fd) {
     int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);

@@ -182,42 +182,6 @@ int clibaio_stream_socketpair(int sv[2]) {
     return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ? -errno : 0;
 }
 
-static int fill_address(struct sockaddr_un *addr, const char *path) {
-    memset(addr, 0, sizeof(*addr));
-    addr->sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(addr->sun_path)) return -ENAMETOOLONG;
-    strcpy(addr->sun_path, path);
-    return 0;
-}
-
-int clibaio_stream_listen(const char *path, int backlog) {
-    struct sockaddr_un addr;
-    int rc = fill_address(&addr, path);
-    if (rc < 0) return rc;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return -errno;
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, backlog) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
-}
-
-int clibaio_stream_connect(const char *path) {
-    struct sockaddr_un addr;
-    int rc = fill_address(&addr, path);
-    if (rc < 0) return rc;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -errno;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
-}
-
 int clibaio_fd_size(int fd, uint64_t *size) {
     struct stat st;
     if (fstat(fd, &st) < 0) return -errno;
