@@ -74,15 +74,10 @@ import Testing
                 let grefs = (0..<count).map { gref + UInt32($0) }
                 let segs = grefs.map { BlkifSegment(gref: $0) }
                 func readOrWrite(_ write: Bool) -> clibaio_blkif_request {
-                    guard indirect else {
-                        return write
-                            ? BlkifRequest.write(id: id, sector: UInt64(start) * 8, segments: segs)
-                            : BlkifRequest.read(id: id, sector: UInt64(start) * 8, segments: segs)
-                    }
-                    indirectRequests += 1
-                    return h.frontend.indirectRequest(
+                    if indirect { indirectRequests += 1 }
+                    return h.frontend.dataRequest(
                         write: write, id: id, sector: UInt64(start) * 8, segments: segs,
-                        descriptorPage: gref + UInt32(count))
+                        descriptorPage: indirect ? gref + UInt32(count) : nil)
                 }
                 switch roll {
                 case 0..<35:

@@ -94,16 +94,11 @@ import Testing
             // the data pages; reads check only the first `count`.
             let descriptorPage = indirect ? freeGrefs.removeLast() : 0
             let held = indirect ? grefs + [descriptorPage] : grefs
+            if indirect { indirectSent += 1 }
             func readOrWrite(_ write: Bool) -> clibaio_blkif_request {
-                guard indirect else {
-                    return write
-                        ? BlkifRequest.write(id: id, sector: UInt64(start) * 8, segments: segments)
-                        : BlkifRequest.read(id: id, sector: UInt64(start) * 8, segments: segments)
-                }
-                indirectSent += 1
-                return frontend.indirectRequest(
+                frontend.dataRequest(
                     write: write, id: id, sector: UInt64(start) * 8, segments: segments,
-                    descriptorPage: descriptorPage)
+                    descriptorPage: indirect ? descriptorPage : nil)
             }
             if roll < 35 {
                 pending[id] = Pending(op: 0, firstBlock: start, blockCount: count, grefs: held, hashes: [])
