@@ -1,5 +1,6 @@
 // AF_UNIX SOCK_SEQPACKET sockets and SCM_RIGHTS fd passing.
 #include "CLibAIO.h"
+#include "scm_rights.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -128,21 +129,7 @@ ssize_t clibaio_recv_datagram(int fd, void *buf, size_t len, int *fds, int max_f
     } while (n < 0 && errno == EINTR);
     if (n < 0) return -errno;
     *flags_out = msg.msg_flags;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *data = (int *)CMSG_DATA(c);
-        for (size_t i = 0; i < count; i++) {
-            int received;
-            memcpy(&received, data + i, sizeof(int));
-            if (*nfds < max_fds) {
-                fds[*nfds] = received;
-            } else {
-                close(received);
-            }
-            (*nfds)++;
-        }
-    }
+    clibaio_scm_collect(&msg, fds, max_fds, nfds);
     return n;
 }
 
@@ -157,16 +144,7 @@ ssize_t clibaio_send_datagram(int fd, const void *buf, size_t len, const int *fd
     memset(&msg, 0, sizeof(msg));
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    if (nfds > 0) {
-        memset(control.buf, 0, sizeof(control.buf));
-        msg.msg_control = control.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-    }
+    if (nfds > 0) clibaio_scm_attach(&msg, control.buf, fds, nfds);
     ssize_t n;
     do {
         n = sendmsg(fd, &msg, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));

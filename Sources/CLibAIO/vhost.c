@@ -1,4 +1,5 @@
 #include "CLibAIOVhost.h"
+#include "scm_rights.h"
 
 #include <errno.h>
 #include <linux/virtio_blk.h>
@@ -87,24 +88,6 @@ const uint32_t clibaio_vblk_cfg_secure_erase_start = offsetof(struct virtio_blk_
 
 #define CLIBAIO_VHOST_MAX_CMSG_FDS 16
 
-static void collect_fds(struct msghdr *msg, int *fds, int max_fds, int *nfds) {
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *data = (int *)CMSG_DATA(c);
-        for (size_t i = 0; i < count; i++) {
-            int received;
-            memcpy(&received, data + i, sizeof(int));
-            if (*nfds < max_fds) {
-                fds[*nfds] = received;
-            } else {
-                close(received);
-            }
-            (*nfds)++;
-        }
-    }
-}
-
 static ssize_t recv_exact(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds) {
     size_t done = 0;
     while (done < len) {
@@ -124,7 +107,7 @@ static ssize_t recv_exact(int fd, void *buf, size_t len, int *fds, int max_fds, 
             if (errno == EINTR) continue;
             return -errno;
         }
-        collect_fds(&msg, fds, max_fds, nfds);
+        clibaio_scm_collect(&msg, fds, max_fds, nfds);
         if (msg.msg_flags & MSG_CTRUNC) (*nfds) += CLIBAIO_VHOST_MAX_CMSG_FDS;  // more than we can hold
         if (n == 0) return done == 0 ? 0 : -ECONNRESET;
         done += (size_t)n;
@@ -157,16 +140,7 @@ ssize_t clibaio_vhost_send(int fd, const void *buf, size_t len, const int *fds, 
         memset(&msg, 0, sizeof(msg));
         msg.msg_iov = &iov;
         msg.msg_iovlen = 1;
-        if (done == 0 && nfds > 0) {
-            memset(control.buf, 0, sizeof(control.buf));
-            msg.msg_control = control.buf;
-            msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-            memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-        }
+        if (done == 0 && nfds > 0) clibaio_scm_attach(&msg, control.buf, fds, nfds);
         ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
