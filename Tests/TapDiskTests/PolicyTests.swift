@@ -166,4 +166,30 @@ extension PolicyTests {
         #expect(stat(h.imagePath, &st) == 0 && st.st_size == 1 << 20)
         #expect(h.engine.counters.invariantHolds && h.engine.isDrained)
     }
+
+    /// An operator `pause` during a `nospace` pause holds: neither the pause timeout nor
+    /// auto-resume ends it (§6.3), only `resume`.
+    @Test func operatorPauseDuringANospacePauseHoldsUntilResume() throws {
+        let h = try harness(FailurePolicy(onNospace: .pause, pauseTimeoutSeconds: 1))
+        h.engine.faults.completionRules = [.init(target: .write, fault: .errno(ENOSPC))]
+        h.submit([write(1)])
+        #expect(h.waitQuiescent())
+        #expect(h.engine.state == .paused(.nospace) && h.engine.held == 1)
+        h.engine.pause()
+        h.engine.tick(nowNanos: MonotonicClock.nanoseconds() + 3_600_000_000_000)
+        #expect(h.engine.state == .paused(.nospace) && h.engine.held == 1, "the timeout ended an operator's pause")
+        #expect(h.responses.isEmpty)
+        #expect(h.engine.resume(failHeld: false).resubmitted == 1)
+        #expect(h.run(untilResponses: 1) && h.status(of: 1) == 0)
+    }
+
+    /// A pause timeout near UInt64.max seconds is a long wait, not an overflow trap.
+    @Test func hugePauseTimeoutDoesNotOverflow() throws {
+        let h = try harness(FailurePolicy(onError: .pause, pauseTimeoutSeconds: .max))
+        h.engine.faults.completionRules = [.init(target: .write, fault: .errno(EIO))]
+        h.submit([write(1)])
+        #expect(h.waitQuiescent())
+        h.engine.tick(nowNanos: MonotonicClock.nanoseconds() + 3_600_000_000_000)
+        #expect(h.engine.state == .paused(.ioError) && h.engine.held == 1)
+    }
 }

@@ -56,18 +56,26 @@ extension Engine {
         kickFD = -1
         barrierIndex = nil
         submitBackoff = false
+        operatorHold = false
         setState(.idle)
         return reqCons
     }
 
-    /// Operator pause (§6.3): stop consuming; the caller replies once `isQuiescent`.
+    /// Operator pause (§6.3): stop consuming; the caller replies once `isQuiescent`. During a
+    /// `nospace`/`io-error` pause the reason stays (§6.2: the first reason stays), but the operator's
+    /// pause still holds: neither auto-resume nor the pause timeout ends it, only `resume`.
     package func pause() {
-        if state == .running { enterPause(.operatorRequest) }
+        if state == .running {
+            enterPause(.operatorRequest)
+        } else if state.isPaused {
+            operatorHold = true
+        }
     }
 
     /// Ends a pause (§6.2): resubmit held requests in consumption order, or fail them.
     package func resume(failHeld: Bool) -> (resubmitted: Int, failed: Int) {
         guard state.isPaused else { return (0, 0) }
+        operatorHold = false
         var result = (resubmitted: 0, failed: 0)
         // Running again before anything is resubmitted: a resubmission that fails at once (a
         // synchronous DISCARD) must start a new pause, not join the one that is ending.
@@ -92,11 +100,13 @@ extension Engine {
 
     /// Periodic work (at least once a second): pause timeout and nospace auto-resume (§6.2).
     package func tick(nowNanos: UInt64 = MonotonicClock.nanoseconds()) {
-        guard case .paused(let reason) = state, reason != .operatorRequest else { return }
+        guard case .paused(let reason) = state, reason != .operatorRequest, !operatorHold else { return }
         // Reap first, so the held bytes below include every write that has already failed.
         service()
         guard state == .paused(reason) else { return }
-        if policy.pauseTimeoutSeconds > 0, nowNanos &- pauseStartedNanos >= policy.pauseTimeoutSeconds * 1_000_000_000 {
+        // Seconds compared as seconds: `--pause-timeout` in nanoseconds would overflow past 584 years.
+        if policy.pauseTimeoutSeconds > 0, (nowNanos &- pauseStartedNanos) / 1_000_000_000 >= policy.pauseTimeoutSeconds
+        {
             failAllHeld()
             pauseFreeBytes = nil
             setState(.running)

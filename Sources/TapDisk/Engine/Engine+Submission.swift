@@ -71,6 +71,9 @@ extension Engine {
                 complete(index, result: Int64(rc))
             }
         }
+        // Out of attempts with iocbs still queued: come back for them (as after EAGAIN) rather
+        // than leave them to a completion that may never come.
+        if table.queueCount > 0 { submitBackoff = true }
     }
 
     func reapCompletions() {

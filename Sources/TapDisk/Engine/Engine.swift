@@ -52,6 +52,8 @@ package final class Engine {
     /// When the current nospace/io-error pause began, and the free space then (auto-resume).
     var pauseStartedNanos: UInt64 = 0
     var pauseFreeBytes: UInt64? = nil
+    /// An operator `pause` arrived during a `nospace`/`io-error` pause: only `resume` ends it.
+    var operatorHold = false
 
     package init(image: consuming Image, policy: FailurePolicy = FailurePolicy(), maxRingPageOrder: Int = 4)
         throws(Errno)
@@ -140,6 +142,10 @@ package final class Engine {
                 needsService = true
                 return true
             }
+            // A BARRIER whose last predecessor was answered in this round (a request that
+            // `io_submit` itself refused is answered inside `submitQueued`) needs another round:
+            // nothing in the kernel would wake the loop for it.
+            if barrierIsStartable { continue }
             guard canConsume && (armRing ? ring.finalCheckForRequests() : ring.hasUnconsumedRequests) else {
                 needsService = false
                 return false
@@ -294,10 +300,14 @@ package final class Engine {
         }
     }
 
+    /// The waiting BARRIER is all that is left in flight: it may start.
+    var barrierIsStartable: Bool {
+        guard let index = barrierIndex else { return false }
+        return table.records[index].phase == .waitingForBarrier && counters.inFlight == 1 && counters.held == 0
+    }
+
     func startBarrierIfReady() {
-        guard let index = barrierIndex, table.records[index].phase == .waitingForBarrier,
-            counters.inFlight == 1, counters.held == 0
-        else { return }
+        guard barrierIsStartable, let index = barrierIndex else { return }
         startFromFirstStage(index)
     }
 

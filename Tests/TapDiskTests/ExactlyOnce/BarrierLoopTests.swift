@@ -106,6 +106,21 @@ import Testing
         #expect(h.run(untilResponses: 4, timeoutSeconds: Self.deadline) && h.status(of: 4) == 0)
     }
 
+    /// The request ahead of a BARRIER is refused by `io_submit` itself (answered inside the
+    /// submission): the BARRIER must still start, though no completion will come to start it.
+    @Test(arguments: [0, 50] as [UInt64]) func barrierAfterARequestThatIoSubmitRefused(pollMicroseconds: UInt64)
+        throws
+    {
+        let h = try EngineHarness(imageBytes: 1 << 20, pollMicroseconds: pollMicroseconds)
+        h.engine.faults.submitFaults = [.errno(EBADF)]
+        h.submit([
+            BlkifRequest.write(id: 1, sector: 0, segments: pages(h, 0...0, seed: 3)), BlkifRequest.barrier(id: 2),
+        ])
+        #expect(h.run(untilResponses: 2, timeoutSeconds: Self.deadline), "the BARRIER behind a refused write hung")
+        #expect(h.status(of: 1) == -1 && h.status(of: 2) == 0)
+        #expect(h.engine.counters.invariantHolds && h.engine.isDrained)
+    }
+
     @Test(arguments: [0, 50] as [UInt64]) func readOnlyDisksEmptyBarrier(pollMicroseconds: UInt64) throws {
         let path = try EngineHarness.makeTemporaryImage(bytes: 1 << 20)
         defer { unlink(path) }
