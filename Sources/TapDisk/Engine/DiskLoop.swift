@@ -58,9 +58,6 @@ package final class DiskLoop {
 
     package func remove(_ fd: Int32) { poller.remove(fd) }
 
-    /// True when the next `step` will not sleep.
-    package var hasPendingWork: Bool { engine.needsService || hostHasMore }
-
     /// Waits up to `maxWaitMilliseconds` (-1: until something is ready), then services the engine
     /// if its fds were ready, dispatches the host's ready sources and lets the host finish the wakeup. A wait that ends with nothing ready and
     /// nothing pending does nothing at all: only readiness or owed work moves the disk.

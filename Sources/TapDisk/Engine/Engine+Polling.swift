@@ -11,7 +11,8 @@ extension Engine {
     /// Resets the kick eventfd after epoll reported it; `service` then consumes.
     @inline(__always)
     package func drainKickSignal() {
-        if kickFD >= 0 { _ = clibaio_eventfd_drain(kickFD, &drainedValue) }
+        var value: UInt64 = 0
+        if kickFD >= 0 { _ = clibaio_eventfd_drain(kickFD, &value) }
     }
 
     /// Work that `service` would find now, seen without a syscall: completions in the kernel's

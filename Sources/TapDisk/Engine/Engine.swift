@@ -110,8 +110,6 @@ package final class Engine {
     /// use it to prove they reached that path).
     @exclusivity(unchecked) package internal(set) var roundLimitYields: UInt64 = 0
 
-    @exclusivity(unchecked) var drainedValue: UInt64 = 0
-
     /// Reap, consume, submit, push, until the ring is quiet and armed for a kick. Returns whether
     /// more work remains, as Linux blkback's `do_block_io_op` returns `more_to_do`: the caller must
     /// then run again without sleeping, because nothing else may wake it (the ring was left

@@ -60,4 +60,15 @@ import Testing
             #expect(r.stderrLines.count == 1 && r.stderr.contains(args[0]), "\(args): \(r.stderr)")
         }
     }
+
+    /// A CPU the machine does not have: the daemon does not start (sched_setaffinity's EINVAL).
+    @Test func pinningToAMissingCPUFailsTheStart() throws {
+        let image = try DaemonTest.image(bytes: 1 << 20)
+        defer { unlink(image) }
+        let directory = DaemonProcess.makeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let r = try Tapdiskd.run(["--image", image, "--socket", directory + "/s.sock", "--cpu", "1000"])
+        #expect(r.status == 1 && r.stderrLines.count == 1 && r.stderr.contains("--cpu 1000"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: directory + "/s.sock"))
+    }
 }
