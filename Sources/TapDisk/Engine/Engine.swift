@@ -109,6 +109,12 @@ package final class Engine {
     /// How often `service` stopped at `roundsPerService` with requests still arriving (tests
     /// use it to prove they reached that path).
     @exclusivity(unchecked) package internal(set) var roundLimitYields: UInt64 = 0
+    #if DEBUG
+        /// Runs after each round's push, before the check for more requests. Tests use it to let
+        /// a frontend thread run there, so the round-limit path is reached however the scheduler
+        /// places the threads (on a busy machine both may share one CPU and never overlap).
+        package var afterRoundForTesting: (() -> Void)?
+    #endif
 
     /// Reap, consume, submit, push, until the ring is quiet and armed for a kick. Returns whether
     /// more work remains, as Linux blkback's `do_block_io_op` returns `more_to_do`: the caller must
@@ -136,6 +142,9 @@ package final class Engine {
             }
             submitQueued()
             pushResponses()
+            #if DEBUG
+                afterRoundForTesting?()
+            #endif
             if submitBackoff {
                 needsService = true
                 return true

@@ -150,6 +150,16 @@ import Testing
             result.withLock { $0 = r }
             done.store(true, ordering: .releasing)
         }
+        if pollMicroseconds == 0 {
+            // Give the frontend thread the CPU between a round and the check for more, as a
+            // frontend on another CPU would have it; without this a busy machine that runs both
+            // threads on one CPU may never reach the limit.
+            var rounds = 0
+            h.engine.afterRoundForTesting = {
+                rounds += 1
+                if rounds <= 2000 { usleep(100) }
+            }
+        }
         thread.start()
         while !done.load(ordering: .acquiring) { h.loop.step(h, maxWaitMilliseconds: 50) }
         let r = result.withLock { $0 }
