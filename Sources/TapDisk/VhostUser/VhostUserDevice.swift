@@ -276,6 +276,15 @@ package struct VhostUserDevice: ~Copyable {
         call!.signal()
     }
 
+    /// Chains are waiting (no notification is armed: the polling check).
+    package var hasAvailable: Bool {
+        guard enabled else { return false }
+        switch queue {
+        case .some(let q): return q.hasAvailable
+        case .none: return false
+        }
+    }
+
     /// Re-arms guest kicks; true when buffers arrived meanwhile (pop again before sleeping).
     package func enableNotifications() -> Bool {
         guard queue != nil else { return false }
