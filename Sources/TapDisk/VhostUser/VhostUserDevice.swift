@@ -68,7 +68,9 @@ package struct VhostUserDevice: ~Copyable {
 
     package var hasCallDescriptor: Bool { call != nil }
 
-    package var offeredFeatures: UInt64 { VirtioFeatures.offered(readOnly: configuration.readOnly) }
+    package var offeredFeatures: UInt64 {
+        VirtioFeatures.offered(readOnly: configuration.readOnly, discard: configuration.discard)
+    }
 
     /// Whether requests may be taken: the ring is set up, enabled and has a kick fd.
     package var isRunning: Bool { queue != nil && enabled }
