@@ -85,7 +85,7 @@ struct DemoVMAct {
             throw DemoScenario.Failure(description: "tapdiskd is not listening on \(vhost)")
         }
         progress.say(
-            "  tapdiskd --on-nospace report --vhost-user-blk \(vhost); QEMU boots the guest (TCG, about 15 s)")
+            "  tapdiskd --on-nospace report --vhost-user-blk \(vhost); QEMU boots the guest (TCG, about 10 s)")
         // guest.sh kills QEMU after this long; the demo must end even if the guest hangs.
         setenv("TAPDISK_GUEST_TIMEOUT", "150", 1)
         let guest = try Subprocess.spawn([guestScript, "run", vhost, script], logPath: console)
@@ -169,7 +169,7 @@ struct DemoVMAct {
     private func describeGuest(_ r: Result, console: String) {
         if let free = r.guestFreeKiB {
             progress.say(
-                "  guest: mkfs.ext4 /dev/vda; its df shows \(free >> 10) MiB free (the host has \(r.hostFreeKiB >> 10))"
+                "  guest: mkfs.ext4 /dev/vda; its df shows \(free >> 10) MiB free, the host filesystem \(r.hostFreeKiB >> 10) MiB"
             )
         }
         let written = r.acknowledged.count
