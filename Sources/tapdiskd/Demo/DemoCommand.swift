@@ -40,7 +40,8 @@ struct DemoCommand: ParsableCommand {
         inversion: .prefixedNo,
         help: ArgumentHelp(
             "--vm: only the VM act (a Linux guest under QEMU, served over vhost-user-blk); --no-vm: skip it.",
-            discussion: "By default the VM act runs after the other two when QEMU and scripts/guest.sh are there, and is skipped with the reason otherwise."))
+            discussion: "By default the VM act runs after the other two when QEMU and scripts/guest.sh are there, "
+                + "and is skipped with the reason otherwise."))
     var vm: Bool? = nil
 
     func run() throws {
