@@ -96,7 +96,7 @@ import Testing
     @Test(arguments: [0x7a9d_1001, 0x7a9d_1002] as [UInt64]) func randomChains(seed: UInt64) throws {
         let daemon = try VhostUserTestDaemon()
         let events = try daemon.subscribe()
-        let baseline = DaemonTest.fdCount(pid: daemon.pid)
+        let baseline = daemon.settledFDCount()
         var rng = SplitMix(seed: seed)
         var f = try daemon.started(queueSize: Self.queueSize)
         var counts: [String: Int] = [:]
@@ -144,7 +144,8 @@ import Testing
                 if valid {
                     #expect(s == VirtioBlkStatus.ok.rawValue, "iteration \(iteration): a valid request got \(s)")
                 }
-                if s == Frontend.sentinel { #expect(e.length == 0, "iteration \(iteration): length \(e.length)") }
+                // An untouched status byte says nothing about the length: a mutation may have moved
+                // the chain's last writable byte elsewhere.
             } else {
                 counts["random, length \(e.length == 0 ? "0" : e.length == 1 ? "1" : ">1")", default: 0] += 1
             }
@@ -161,8 +162,6 @@ import Testing
         VhostUserTestDaemon.expectServes(f, "after the random chains", seed: 4, patternIntact: false)
         f.disconnect()
         daemon.expectRecovery("after the random chains", patternIntact: false)
-        #expect(
-            DaemonTest.waitUntil(seconds: 3) { DaemonTest.fdCount(pid: daemon.pid) == baseline },
-            "fds: \(DaemonTest.fdCount(pid: daemon.pid)), \(baseline) before the front-ends")
+        daemon.expectNoLeakedFDs(baseline: baseline)
     }
 }

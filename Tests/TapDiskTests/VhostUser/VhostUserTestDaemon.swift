@@ -53,6 +53,25 @@ final class VhostUserTestDaemon {
     }
 
     var pid: Int32 { process.process.processIdentifier }
+
+    /// The daemon's open fds once the control connections of earlier checks have closed (their
+    /// daemon side closes asynchronously): the fewest seen over `milliseconds`.
+    func settledFDCount(milliseconds: Int = 300) -> Int {
+        var fewest = Int.max
+        let until = MonotonicClock.nanoseconds() + UInt64(milliseconds) * 1_000_000
+        repeat {
+            fewest = min(fewest, DaemonTest.fdCount(pid: pid))
+            usleep(20_000)
+        } while MonotonicClock.nanoseconds() < until
+        return fewest
+    }
+
+    /// Expects no more fds than `baseline` (taken with `settledFDCount` while idle).
+    func expectNoLeakedFDs(baseline: Int, sourceLocation: SourceLocation = #_sourceLocation) {
+        _ = waitForState("idle")
+        let ok = DaemonTest.waitUntil(seconds: 3) { DaemonTest.fdCount(pid: pid) <= baseline }
+        #expect(ok, "daemon fds: \(DaemonTest.fdCount(pid: pid)), \(baseline) before", sourceLocation: sourceLocation)
+    }
     var log: String { process.log }
 
     /// `status.state`, or nil when the daemon does not answer within 3 s.
@@ -94,8 +113,15 @@ final class VhostUserTestDaemon {
     /// Whether a violation was reported: a `frontend-violation` event on `events` within
     /// `seconds`, or (for a daemon that only logs it) the log line.
     func violationReported(on events: ControlClient, seconds: Double = 5) -> Bool {
-        if (try? DaemonTest.nextEvent(events, named: "frontend-violation", seconds: seconds)) != nil { return true }
-        return log.contains("frontend violation") || log.contains("frontend-violation")
+        violation(on: events, seconds: seconds) != nil
+    }
+
+    /// The reported violation's message (see `violationReported`), nil when none came.
+    func violation(on events: ControlClient, seconds: Double = 5) -> String? {
+        if let e = try? DaemonTest.nextEvent(events, named: "frontend-violation", seconds: seconds) {
+            return e["message"]?.stringValue ?? "(no message)"
+        }
+        return log.contains("frontend violation") || log.contains("frontend-violation") ? "(log only)" : nil
     }
 
     /// After a front-end went away: back to idle, then a new front-end reads the patterned
