@@ -138,7 +138,7 @@ import Testing
     // 8. Each violation closes the connection; the daemon recovers and leaks nothing.
     @Test(arguments: cases) func violationClosesTheConnection(garbage: Garbage) throws {
         let daemon = try VhostUserTestDaemon()
-        let baseline = DaemonTest.fdCount(pid: daemon.pid)
+        let baseline = daemon.settledFDCount()
         let f = try daemon.frontend()
         switch garbage.stage {
         case .connected: break
@@ -152,10 +152,7 @@ import Testing
         #expect(daemon.isAlive, "\(daemon.log.suffix(2000))")
         f.disconnect()
         daemon.expectRecovery("after \(garbage)")
-        #expect(daemon.waitForState("idle"))
-        #expect(
-            DaemonTest.waitUntil(seconds: 3) { DaemonTest.fdCount(pid: daemon.pid) == baseline },
-            "fds: \(DaemonTest.fdCount(pid: daemon.pid)), \(baseline) before the front-end")
+        daemon.expectNoLeakedFDs(baseline: baseline)
     }
 
     // A front-end that stops halfway through a message must not stall the daemon: the control
@@ -169,11 +166,45 @@ import Testing
         let start = MonotonicClock.nanoseconds()
         let state = daemon.state()
         let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
-        #expect(state != nil && seconds < 1, "status took \(seconds) s (\(state ?? "no answer")) during the stall")
+        // The daemon gives a stalled message 1 s (choice 36, the socket timeouts).
+        #expect(state != nil && seconds < 2, "status took \(seconds) s (\(state ?? "no answer")) during the stall")
         let closed = f.closedByPeer(within: 3)
         print("vhost-user stall: status answered in \(seconds) s, connection closed by the daemon: \(closed)")
         f.disconnect()
         daemon.expectRecovery("after the stall")
+    }
+
+    // A front-end that drips a message one byte at a time, each byte inside the 1 s socket
+    // timeout, must not hold the daemon either: the socket timeout bounds one recv, not the
+    // message, so the control socket is the witness.
+    @Test func drippedMessageDoesNotBlockTheDaemon() throws {
+        let daemon = try VhostUserTestDaemon()
+        let f = try daemon.frontend()
+        try f.negotiate()
+        let message = T.message(.setVringAddr, payload: Frontend.address(f.ring.addresses))
+        let fd = f.socket
+        let done = DispatchSemaphore(value: 0)
+        // 20 bytes, one per 300 ms: 6 s of drip, then the thread stops sending.
+        let drip = Thread {
+            for b in message.prefix(20) {
+                var byte = b
+                _ = Glibc.send(fd, &byte, 1, Int32(MSG_NOSIGNAL))
+                usleep(300_000)
+            }
+            done.signal()
+        }
+        drip.start()
+        usleep(1_000_000)
+        let start = MonotonicClock.nanoseconds()
+        let state = daemon.state()
+        let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        print("vhost-user drip: status answered \(state != nil) after \(seconds) s")
+        withKnownIssue("the 1 s socket timeout bounds each recv, not the message: a drip holds the loop") {
+            #expect(state != nil && seconds < 2, "status took \(seconds) s (\(state ?? "no answer")) during the drip")
+        }
+        #expect(done.wait(timeout: .now() + 15) == .success)
+        f.disconnect()
+        daemon.expectRecovery("after the drip")
     }
 
     // A refused need-reply message (a memfd too short) is answered with a failing ack, or the
@@ -207,8 +238,8 @@ import Testing
         try second.send(.getFeatures)
         VhostUserTestDaemon.expectServes(first, "the first front-end while a second waits")
         first.disconnect()
-        #expect(daemon.waitForState("idle"))
-        // The second either gets its answer now (it was queued) or was closed.
+        // The second either gets its answer now (it was queued, and is accepted as soon as the
+        // first has drained) or was closed.
         do {
             let p = try second.reply(to: .getFeatures)
             #expect(p.count == 8)
