@@ -2,6 +2,8 @@
 #include "scm_rights.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/time.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
 #include <string.h>
@@ -160,5 +162,14 @@ int clibaio_fd_size(int fd, uint64_t *size) {
     struct stat st;
     if (fstat(fd, &st) < 0) return -errno;
     *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int clibaio_stream_set_blocking_timeouts(int fd, int milliseconds) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) return -errno;
+    struct timeval tv = {milliseconds / 1000, (milliseconds % 1000) * 1000};
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0) return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) return -errno;
     return 0;
 }

@@ -16,6 +16,11 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "The control socket path (AF_UNIX SOCK_SEQPACKET). Optional under systemd socket activation.")
     var socket: String?
 
+    @Option(
+        name: .customLong("vhost-user-blk"),
+        help: "Serve the disk to a vhost-user-blk front-end (QEMU) on this AF_UNIX stream socket.")
+    var vhostUserBlk: String? = nil
+
     @Flag(help: "Serve the disk read-only.")
     var readonly = false
 
@@ -92,6 +97,7 @@ struct ServeCommand: ParsableCommand {
         }
         var config = DaemonConfiguration(imagePath: image, socketPath: socket)
         config.readOnly = readonly
+        config.vhostUserSocketPath = vhostUserBlk
         config.cache = cache
         config.policy = FailurePolicy(onNospace: onNospace, onError: onError, pauseTimeoutSeconds: pauseTimeout)
         config.maxRingPageOrder = maxRingPageOrder

@@ -125,6 +125,8 @@ extern const int clibaio_O_CLOEXEC;
 int clibaio_open(const char *path, int flags, unsigned mode);
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): 0 or -errno.
 int clibaio_punch_hole(int fd, int64_t offset, int64_t length);
+/// fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE): 0 or -errno.
+int clibaio_zero_range(int fd, int64_t offset, int64_t length);
 /// statx STATX_DIOALIGN: 0 and the alignments (0 when the file does not support O_DIRECT or the
 /// kernel does not report it), or -errno.
 int clibaio_dio_alignment(int fd, uint32_t *offset_align, uint32_t *mem_align);

@@ -149,6 +149,9 @@ int clibaio_stream_socketpair(int sv[2]);
 int clibaio_stream_listen(const char *path, int backlog);
 /// Connects an AF_UNIX SOCK_STREAM socket (blocking, cloexec). The fd or -errno.
 int clibaio_stream_connect(const char *path);
+/// Makes a connected socket blocking with receive and send timeouts, so a peer that stalls in
+/// the middle of a message costs at most `milliseconds` before the read fails. 0 or -errno.
+int clibaio_stream_set_blocking_timeouts(int fd, int milliseconds);
 /// fstat's st_size: 0 and *size, or -errno.
 int clibaio_fd_size(int fd, uint64_t *size);
 

@@ -88,6 +88,7 @@ extension Daemon {
             "in-flight": .integer(engine.inFlight),
             "held": .integer(engine.held),
             "attached": .bool(engine.isAttached),
+            "front": engine.isAttached ? .string(engine.front.name) : .null,
             "image-space": .object(space),
             "uptime-seconds": .double((uptimeSeconds * 1000).rounded() / 1000),
         ]
@@ -111,6 +112,9 @@ extension Daemon {
         _ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool
     ) throws(ControlError) {
         let parsed = try AttachRequest(request)
+        guard config.vhostUserSocketPath == nil else {
+            throw .wrongState("this daemon serves its disk to a vhost-user-blk front-end (--vhost-user-blk)")
+        }
         guard !engine.isAttached else { throw .busy("a frontend is already attached") }
         let attachment = try parsed.validate(
             fds: fds, controlTruncated: controlTruncated, maxRingPageOrder: config.maxRingPageOrder)
@@ -192,6 +196,7 @@ extension Daemon {
         let completedBase = responsesBefore ?? engine.counters.responses
         let reqCons = loop.finishDetach()
         owner = nil
+        if vhostListenerFD >= 0 { vhostUserDetached() }
         let completed = engine.counters.responses - completedBase
         for connection in connections.values {
             guard case .detach(let tag, _) = connection.deferred else { continue }

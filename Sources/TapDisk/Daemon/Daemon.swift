@@ -18,6 +18,8 @@ package final class Daemon: DiskLoopHost {
         static let listener: UInt64 = DiskLoop.Token.firstHostToken
         static let timer: UInt64 = DiskLoop.Token.firstHostToken + 1
         static let signals: UInt64 = DiskLoop.Token.firstHostToken + 2
+        static let vhostListener: UInt64 = DiskLoop.Token.firstHostToken + 3
+        static let vhostConnection: UInt64 = DiskLoop.Token.firstHostToken + 4
         static let firstConnection: UInt64 = 100
     }
 
@@ -42,7 +44,15 @@ package final class Daemon: DiskLoopHost {
     /// The connection that attached the current frontend.
     var owner: UInt64? = nil
     /// SIGTERM/SIGINT arrived: drain like `detach`, then exit 0.
-    private var terminating = false
+    var terminating = false
+    /// `--vhost-user-blk`: the listening socket, its file, the connected front-end (at most
+    /// one), and a message waiting for the drain it needs (Daemon+VhostUser.swift).
+    let vhostListener: FileDescriptor?
+    /// Its fd, or -1 (a raw copy: the owner cannot be borrowed out of an optional in a class).
+    let vhostListenerFD: Int32
+    private let vhostSocket: SocketFile?
+    var vhostConnection: FileDescriptor? = nil
+    var parkedVhostMessage: VhostUserMessage? = nil
     private var rateLimiter = IOErrorRateLimiter()
     private var lowSpaceArmed = true
     private var lastWatchdogNanos: UInt64 = 0
@@ -118,12 +128,30 @@ package final class Daemon: DiskLoopHost {
             listener = try Self.listen(at: path)
             ownedSocket = SocketFile(boundAt: path)
         }
+        if let path = config.vhostUserSocketPath {
+            let fd: FileDescriptor
+            do throws(StartError) {
+                fd = try Self.listenVhostUser(at: path)
+            } catch {
+                ownedSocket?.removeIfStillOurs()
+                throw error
+            }
+            vhostListenerFD = fd.rawValue
+            vhostListener = consume fd
+            vhostSocket = SocketFile(boundAt: path)
+        } else {
+            vhostListener = nil
+            vhostListenerFD = -1
+            vhostSocket = nil
+        }
         do {
             try loop.add(listener.rawValue, token: Token.listener)
             try loop.add(timer.rawValue, token: Token.timer)
             try loop.add(signals.rawValue, token: Token.signals)
+            if vhostListenerFD >= 0 { try loop.add(vhostListenerFD, token: Token.vhostListener) }
         } catch {
             ownedSocket?.removeIfStillOurs()
+            vhostSocket?.removeIfStillOurs()
             throw StartError(description: "epoll: \(error)")
         }
         engine.onEvent = { [unowned self] event in self.engineEvent(event) }
@@ -152,11 +180,13 @@ package final class Daemon: DiskLoopHost {
             metadata: [
                 "image": "\(config.imagePath)", "socket": "\(ownedSocketPath ?? "(socket activation)")",
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
+                "vhost-user-blk": "\(config.vhostUserSocketPath ?? "none")",
             ])
         while !(terminating && !engine.isAttached) {
             loop.step(self)
         }
         _ = try? notifier.stopping()
+        vhostSocket?.removeIfStillOurs()
         if let ownedSocket, !ownedSocket.removeIfStillOurs() {
             logger.warning(
                 "the socket path is no longer this daemon's socket file; left in place",
@@ -170,6 +200,8 @@ package final class Daemon: DiskLoopHost {
     package func dispatch(_ ready: Poller.Ready) {
         switch ready.token {
         case Token.listener: acceptConnections()
+        case Token.vhostListener: acceptVhostUser()
+        case Token.vhostConnection: readVhostUser()
         case Token.timer:
             var expirations: UInt64 = 0
             _ = read(timer.rawValue, &expirations, 8)
@@ -203,6 +235,7 @@ package final class Daemon: DiskLoopHost {
     /// (zero-timeout) iteration, so other fds are not starved: the return value tells the loop.
     package func finishWakeup() -> Bool {
         for _ in 0..<8 where answerOwedReplies() {}
+        if vhostListenerFD >= 0 { settleVhostUser() }
         for (token, connection) in connections where connection.isClosed {
             closeConnection(token)
         }

@@ -3,6 +3,9 @@ package struct DaemonConfiguration: Sendable {
     package var imagePath: String
     /// nil only under socket activation.
     package var socketPath: String?
+    /// `--vhost-user-blk`: serve a vhost-user-blk front-end (QEMU) on this stream socket instead
+    /// of blkif frontends attaching over the control socket.
+    package var vhostUserSocketPath: String? = nil
     package var readOnly = false
     package var cache: CacheMode = .none
     package var policy = FailurePolicy()

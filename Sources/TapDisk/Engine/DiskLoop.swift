@@ -150,13 +150,19 @@ package final class DiskLoop {
 
     /// Puts a new attachment's kick eventfd in the epoll set.
     private func syncKickWatch() {
-        guard engine.isAttached, engine.attachGeneration != watchedGeneration else { return }
+        guard engine.isAttached, engine.kickFD >= 0, engine.attachGeneration != watchedGeneration else { return }
         unwatchKick()
         if (try? poller.add(engine.kickFD, token: Token.kick)) != nil {
             watchedKick = engine.kickFD
             watchedGeneration = engine.attachGeneration
         }
     }
+
+    /// Takes the kick eventfd out of the epoll set before something may close it (a vhost-user
+    /// message replacing or dropping the ring's kick): the front-end keeps its own fd of that
+    /// eventfd, so a registration left behind would stay readable forever. The next `step`
+    /// watches whatever kick the engine has then.
+    package func releaseKickWatch() { unwatchKick() }
 
     private func unwatchKick() {
         if watchedKick >= 0 { poller.remove(watchedKick) }

@@ -25,6 +25,8 @@ extension Engine {
         notifyFD = newAttachment.notify.rawValue
         kickFD = newAttachment.kick.rawValue
         table = RequestTable(capacity: Int(newRing.entries))
+        front = .blkif
+        frontStopped = false
         isAttached = true
         attachGeneration &+= 1
         attachment = consume newAttachment
@@ -42,16 +44,22 @@ extension Engine {
         service()
     }
 
-    /// Unmaps and closes once nothing is in flight. Returns `req_cons`. Called through
+    /// Unmaps and closes once nothing is in flight. Returns `req_cons` (0 for a virtqueue). Called through
     /// `DiskLoop.finishDetach`, which first takes the kick eventfd out of the epoll set.
     package func finishDetach() -> UInt32 {
         precondition(isDrained, "unmapping with I/O in flight")
         pushResponses()
-        let reqCons = ring.reqCons
+        let reqCons = front == .blkif ? ring.reqCons : 0
         table = RequestTable(capacity: 0)
         isAttached = false
         attachment = nil
         ring = .detached
+        if front == .virtio {
+            // Drops the eventfds, the queue and then guest memory: nothing points into it now.
+            vhost = VhostUserDevice(configuration: vhost.configuration)
+        }
+        front = .none
+        frontStopped = false
         notifyFD = -1
         kickFD = -1
         barrierIndex = nil

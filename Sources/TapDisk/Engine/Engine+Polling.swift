@@ -16,10 +16,10 @@ extension Engine {
     }
 
     /// Work that `service` would find now, seen without a syscall: completions in the kernel's
-    /// mapped ring, or requests on the blkif ring.
+    /// mapped ring, or requests on the front (blkif ring or virtqueue).
     @inline(__always)
     package var hasVisibleWork: Bool {
-        isAttached && (aio.hasCompletions || (canConsume && ring.hasUnconsumedRequests))
+        isAttached && (aio.hasCompletions || (canConsume && frontHasRequests(arm: false)))
     }
 
     /// Completions can be seen without a syscall, so polling for them is worth it.
@@ -31,7 +31,7 @@ extension Engine {
     package func prepareToSleep() -> Bool {
         guard isAttached else { return false }
         if aio.userReap { aio.eventFD.drain() }
-        let requests = canConsume && ring.finalCheckForRequests()
+        let requests = canConsume && frontHasRequests(arm: true)
         return requests || aio.hasCompletions
     }
 

@@ -8,22 +8,18 @@ extension Engine {
     /// Prepares the data iocb for the untransferred remainder of a request and queues it.
     func prepareData(_ index: Int) {
         let r = table.records[index]
-        let segs = table.segments + index * RequestTable.segmentsPerRequest
+        let sources = table.sources + index * RequestTable.segmentsPerRequest
         let iov = table.iovecs + index * RequestTable.segmentsPerRequest
         var skip = r.transferred
         var count = 0
         for i in 0..<r.segmentCount {
-            let s = segs[i]
-            var offset = Int(s.gref) * RingLayout.pageSize + Int(s.first_sect) * RingLayout.sectorSize
-            var length = Int(s.last_sect - s.first_sect + 1) * RingLayout.sectorSize
-            if skip >= length {
-                skip -= length
+            let s = sources[i]
+            if skip >= s.iov_len {
+                skip -= s.iov_len
                 continue
             }
-            offset += skip
-            length -= skip
+            iov[count] = iovec(iov_base: s.iov_base! + skip, iov_len: s.iov_len - skip)
             skip = 0
-            iov[count] = iovec(iov_base: dataBase + offset, iov_len: length)
             count += 1
         }
         let fileOffset = Int64(r.sector) * 512 + Int64(r.transferred)
@@ -134,7 +130,7 @@ extension Engine {
             counters.writeBytes += UInt64(record.pointee.dataBytes)
         }
         switch record.pointee.operation {
-        case .writeBarrier:
+        case .barrier:
             record.pointee.stage = .sync
             record.pointee.transferred = 0
             prepareSync(index)
@@ -145,7 +141,7 @@ extension Engine {
 
     func syncDone(_ index: Int) {
         let record = table.records + index
-        if record.pointee.operation == .flushDiskCache && record.pointee.dataBytes > 0 {
+        if record.pointee.operation == .flush && record.pointee.dataBytes > 0 {
             // The pre-flush write (Linux blkback order): sync first, then the data.
             record.pointee.stage = .data
             record.pointee.transferred = 0
@@ -183,13 +179,13 @@ extension Engine {
         let record = table.records + index
         switch record.pointee.operation {
         case .read: counters.readErrors += 1
-        case .discard: counters.discardErrors += 1
+        case .discard, .writeZeroes: counters.discardErrors += 1
         default: counters.writeErrors += 1
         }
         if errno.isNoSpace { counters.nospaceErrors += 1 }
         ioStatus = syncFailed || !errno.isNoSpace ? .failed : .nospace
         let op = record.pointee.operation
-        let policyApplies = op == .read || op == .write || op == .discard
+        let policyApplies = op == .read || op == .write || op.isRangeOperation
         let canHold = state == .running || state.isPaused
         let action: FailureAction = policyApplies && canHold ? policy.action(for: errno) : .report
         onEvent(.ioError(operation: op.eventName, errno: errno, action: action, sector: record.pointee.sector))
@@ -203,19 +199,25 @@ extension Engine {
         }
     }
 
+    /// DISCARD and WRITE_ZEROES: one synchronous fallocate (punch, or zero range keeping the
+    /// blocks allocated), answered in the same round.
     func discard(_ index: Int) {
         let r = table.records[index]
         let offset = Int64(r.sector) * 512
-        let length = Int64(r.discardSectors) * 512
+        let length = Int64(r.rangeSectors) * 512
+        let zero = r.operation == .writeZeroes
         var error: Errno? = nil
         #if TAPDISK_FAULT_INJECTION
             if let injected = aio.faults.interceptDiscard() {
                 error = Errno(rawValue: injected)
             } else {
-                error = image.punchHole(offset: offset, length: length)
+                error =
+                    zero
+                    ? image.zeroRange(offset: offset, length: length) : image.punchHole(offset: offset, length: length)
             }
         #else
-            error = image.punchHole(offset: offset, length: length)
+            error =
+                zero ? image.zeroRange(offset: offset, length: length) : image.punchHole(offset: offset, length: length)
         #endif
         table.records[index].phase = .submitted
         guard let error else {

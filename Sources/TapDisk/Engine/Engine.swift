@@ -1,7 +1,7 @@
 import CLibAIO
 import Glibc
 
-/// One disk's data path: ring → validation → Linux AIO → response.
+/// One disk's data path: front (blkif ring or virtqueue) → validation → Linux AIO → response.
 ///
 /// Single-threaded by design: the disk's `DiskLoop` calls `service` after every wakeup and `tick`
 /// from the timer, and control commands run between those calls on the same thread, so no state here is
@@ -27,7 +27,19 @@ package final class Engine {
     var attachment: RingAttachment? = nil
     @exclusivity(unchecked) var table = RequestTable(capacity: 0)
     @exclusivity(unchecked) package internal(set) var isAttached = false
+    /// Where requests come from: set by `attach` (blkif) or `attachVirtio`, `.none` when idle.
+    @exclusivity(unchecked) package internal(set) var front: EngineFront = .none
+    /// The front must not be read (a vhost-user message that stops the ring waits for the
+    /// drain): consumption stops, I/O in flight goes on.
+    @exclusivity(unchecked) package internal(set) var frontStopped = false
     @exclusivity(unchecked) var ring = BackendRing.detached
+    /// The disk as virtio-blk requests are judged against it (set at `attachVirtio`).
+    @exclusivity(unchecked) var virtioDisk = VirtioBlkDisk(
+        capacitySectors: 0, blockSize: 512, readOnly: true, discard: false, maxDiscardSectors: 0,
+        maxWriteZeroesSectors: 0)
+    /// The vhost-user-blk device (the virtio front's control plane and virtqueue).
+    @exclusivity(unchecked) package internal(set) var vhost = VhostUserDevice(
+        configuration: VhostUserDeviceConfiguration(capacitySectors: 0, blockSize: 512, readOnly: true))
     /// Internal (not private) so `Engine+Resize.swift` can bound it by a new size.
     @exclusivity(unchecked) var validator = RequestValidator(
         dataPages: 0, sectors: 0, blockSectors: 1, readOnly: true, discardSupported: false)
@@ -153,7 +165,7 @@ package final class Engine {
             // `io_submit` itself refused is answered inside `submitQueued`) needs another round:
             // nothing in the kernel would wake the loop for it.
             if barrierIsStartable { continue }
-            guard canConsume && (armRing ? ring.finalCheckForRequests() : ring.hasUnconsumedRequests) else {
+            guard canConsume && frontHasRequests(arm: armRing) else {
                 needsService = false
                 return false
             }
@@ -163,30 +175,34 @@ package final class Engine {
         return true
     }
 
-    var canConsume: Bool { state == .running && barrierIndex == nil }
+    var canConsume: Bool { state == .running && barrierIndex == nil && !frontStopped }
 
-    // MARK: - Consuming
+    // MARK: - The front: the only switch on which one it is
 
     func consumeRequests() {
-        let pending: UInt32
-        switch ring.pendingRequests() {
-        case .violation(let reqProd):
-            halt(
-                "req_prod \(reqProd) is impossible: req_cons \(ring.reqCons), rsp_prod \(ring.rspProdPvt), ring-entries \(ring.entries)"
-            )
-            return
-        case .requests(let n):
-            pending = n
+        switch front {
+        case .blkif: consumeRing()
+        case .virtio: consumeVirtqueue()
+        case .none: break
         }
-        var request = clibaio_blkif_request()
-        var remaining = pending
-        while remaining > 0 && canConsume {
-            remaining -= 1
-            ring.consume(into: &request)
-            start(request)
-            // Submit while consuming: the first I/O of a burst reaches the disk without waiting
-            // for the whole burst to be parsed, so the device is never idle while we are busy.
-            if table.queueCount >= Self.submitBatch && !submitBackoff { submitQueued() }
+    }
+
+    /// Whether the front has requests left. With `arm`, first asks the frontend to kick for the
+    /// next one and then looks again (Xen's final check; virtio's enable-notification re-check).
+    @inline(__always)
+    func frontHasRequests(arm: Bool) -> Bool {
+        switch front {
+        case .blkif: arm ? ring.finalCheckForRequests() : ring.hasUnconsumedRequests
+        case .virtio: arm ? vhost.enableNotifications() : vhost.hasAvailable
+        case .none: false
+        }
+    }
+
+    func pushResponses() {
+        switch front {
+        case .blkif: pushRing()
+        case .virtio: vhost.notifyIfNeeded()
+        case .none: break
         }
     }
 
@@ -194,74 +210,40 @@ package final class Engine {
     /// round). Small enough that the first request is on the disk after a few µs.
     static let submitBatch = 8
 
-    func start(_ request: clibaio_blkif_request) {
-        let accepted: RequestValidator.Accepted
-        // INDIRECT (§4.1) is validated over a private copy of its descriptors, which becomes the
-        // record's segments below, and is answered with its indirect_op, valid or not (§4.1).
-        let isIndirect = request.operation == BlkifOperation.indirect.rawValue
-        let responseOperation =
-            isIndirect ? RequestValidator.indirectResponseOperation(request) : request.operation
-        let outcome =
-            isIndirect
-            ? validator.validateIndirect(request, dataBase: dataBase, descriptors: table.indirectDescriptors)
-            : validator.validate(request)
-        switch outcome {
-        case .reject(let rejection):
-            if rejection.status == .notSupported {
-                counters.unsupportedRequests += 1
-            } else {
-                counters.invalidRequests += 1
-            }
-            counters.rejections[rejection] += 1
-            answer(id: request.id, operation: responseOperation, status: rejection.status)
-            return
-        case .accept(let a):
-            accepted = a
-        }
-        switch accepted.operation {
+    @inline(__always)
+    func countRequest(_ operation: DiskOperation) {
+        switch operation {
         case .read: counters.readRequests += 1
         case .write: counters.writeRequests += 1
-        case .flushDiskCache: counters.flushRequests += 1
-        case .writeBarrier: counters.barrierRequests += 1
-        case .discard: counters.discardRequests += 1
-        case .indirect: break
+        case .flush: counters.flushRequests += 1
+        case .barrier: counters.barrierRequests += 1
+        case .discard, .writeZeroes: counters.discardRequests += 1
         }
-        if accepted.operation == .discard && accepted.discardSectors == 0 {
-            answer(id: request.id, operation: request.operation, status: .okay)
-            return
+    }
+
+    @inline(__always)
+    func countResponse(_ status: BlkifStatus) {
+        switch status {
+        case .okay: counters.responsesOkay += 1
+        case .error: counters.responsesError += 1
+        case .notSupported: counters.responsesNotSupported += 1
         }
-        // The ring check bounds outstanding requests by the table size, so this cannot fail for
-        // a well-formed ring; a record shortage is answered rather than dropped regardless.
-        guard let index = table.allocate() else {
-            answer(id: request.id, operation: responseOperation, status: .error)
-            return
-        }
+    }
+
+    /// A front validated a request into `record` (its source iovecs already in the table):
+    /// the I/O core takes it from here.
+    @inline(__always)
+    func begin(_ index: Int, _ record: RequestRecord) {
         counters.inFlight += 1
-        let records = table.records
-        let segmentCount =
-            isIndirect ? RequestValidator.indirectSegmentCount(request) : Int(request.nr_segments)
-        records[index] = RequestRecord(
-            id: request.id, operationByte: responseOperation, operation: accepted.operation,
-            sector: request.sector_number, segmentCount: segmentCount,
-            dataBytes: Int(accepted.dataSectors) * RingLayout.sectorSize,
-            discardSectors: accepted.discardSectors, sequence: nextSequence, phase: .queued, stage: .data,
-            transferred: 0)
+        var r = record
+        r.sequence = nextSequence
+        r.phase = .queued
         nextSequence &+= 1
-        if isIndirect {
-            (table.segments + index * RequestTable.segmentsPerRequest).update(
-                from: table.indirectDescriptors, count: segmentCount)
-        } else if accepted.operation != .discard {
-            withUnsafeBytes(of: request.seg) { raw in
-                let src = raw.bindMemory(to: clibaio_blkif_segment.self)
-                let dst = table.segments + index * RequestTable.segmentsPerRequest
-                for i in 0..<Int(request.nr_segments) { dst[i] = src[i] }
-            }
-        }
-        switch accepted.operation {
-        case .writeBarrier:
-            records[index].phase = .waitingForBarrier
+        table.records[index] = r
+        if r.operation == .barrier {
+            table.records[index].phase = .waitingForBarrier
             barrierIndex = index
-        default:
+        } else {
             startFromFirstStage(index)
         }
     }
@@ -274,8 +256,8 @@ package final class Engine {
         // A held request resubmitted after the image shrank was validated against the old size:
         // answer it ERROR rather than let the write extend the file again.
         let sectors =
-            record.pointee.operation == .discard
-            ? UInt64(record.pointee.discardSectors) : UInt64(record.pointee.dataBytes / 512)
+            record.pointee.operation.isRangeOperation
+            ? record.pointee.rangeSectors : UInt64(record.pointee.dataBytes / 512)
         if sectors > 0
             && (record.pointee.sector > geometry.sectors || sectors > geometry.sectors - record.pointee.sector)
         {
@@ -286,24 +268,22 @@ package final class Engine {
         case .read, .write:
             record.pointee.stage = .data
             prepareData(index)
-        case .flushDiskCache:
+        case .flush:
             if syncFailed {
                 refuseAfterFailedSync(index)
                 return
             }
             record.pointee.stage = .sync
             prepareSync(index)
-        case .writeBarrier:
+        case .barrier:
             if syncFailed {
                 refuseAfterFailedSync(index)
                 return
             }
             record.pointee.stage = record.pointee.dataBytes > 0 ? .data : .sync
             if record.pointee.stage == .data { prepareData(index) } else { prepareSync(index) }
-        case .discard:
+        case .discard, .writeZeroes:
             discard(index)
-        case .indirect:
-            preconditionFailure("an INDIRECT record carries its indirect_op")
         }
     }
 
@@ -320,7 +300,8 @@ package final class Engine {
 
     // MARK: - Answering: the response builder
 
-    /// Answers a record and frees it.
+    /// Answers a record and frees it: the response builder's one entry for records, whichever
+    /// front wrote them.
     func finish(_ index: Int, _ status: BlkifStatus) {
         let record = table.records + index
         if record.pointee.phase == .held {
@@ -329,25 +310,11 @@ package final class Engine {
             counters.inFlight -= 1
         }
         if barrierIndex == index { barrierIndex = nil }
-        answer(id: record.pointee.id, operation: record.pointee.operationByte, status: status)
+        switch front {
+        case .blkif: answer(id: record.pointee.id, operation: record.pointee.operationByte, status: status)
+        case .virtio: answerChain(record.pointee, status: status)
+        case .none: preconditionFailure("a record outlived its front")
+        }
         table.release(index)
     }
-
-    /// The only code that writes a response slot. Exactly one call per consumed request.
-    @inline(__always)
-    func answer(id: UInt64, operation: UInt8, status: BlkifStatus) {
-        switch status {
-        case .okay: counters.responsesOkay += 1
-        case .error: counters.responsesError += 1
-        case .notSupported: counters.responsesNotSupported += 1
-        }
-        ring.writeResponse(id: id, operation: operation, status: status)
-    }
-
-    func pushResponses() {
-        if ring.pushResponses(), notifyFD >= 0 {
-            _ = clibaio_eventfd_signal(notifyFD)
-        }
-    }
-
 }

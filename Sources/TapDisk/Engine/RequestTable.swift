@@ -19,14 +19,19 @@ struct RequestRecord {
         case sync
     }
 
+    /// The front's name for the request: the blkif id, or the virtqueue head.
     var id: UInt64 = 0
-    /// The operation byte exactly as read, echoed in the response.
+    /// blkif: the operation byte exactly as read, echoed in the response.
     var operationByte: UInt8 = 0
-    var operation: BlkifOperation = .read
+    var operation: DiskOperation = .read
     var sector: UInt64 = 0
+    /// Data iovecs in `RequestTable.sources` at this record's index.
     var segmentCount: Int = 0
     var dataBytes: Int = 0
-    var discardSectors: UInt64 = 0
+    /// DISCARD / WRITE_ZEROES: the sectors of the range.
+    var rangeSectors: UInt64 = 0
+    /// virtio: the chain's status byte in guest memory (nil for blkif).
+    var status: UnsafeMutablePointer<UInt8>? = nil
     /// Consumption order: held requests are resubmitted in it.
     var sequence: UInt64 = 0
     var phase: Phase = .free
@@ -42,9 +47,10 @@ struct RequestRecord {
 /// iovecs and segment copies are slots in these arrays, addressed by the record index that also
 /// travels through the kernel as the iocb's `data`.
 ///
-/// Every index has room for the largest request, an INDIRECT one of 256 segments: 256 segment
-/// copies (8 bytes) and 256 iovecs (16 bytes), 6 KiB per ring entry, 3 MiB at the default largest
-/// ring (order 4, 512 entries), 48 MiB of address space at order 8. Any ring entry may be
+/// Every index has room for the largest request, an INDIRECT one of 256 segments (or a virtio
+/// chain of `VhostUserDeviceConfiguration.iovecCapacity` iovecs): 256 source iovecs and 256
+/// submission iovecs (16 bytes each), 8 KiB per entry, 4 MiB at the default largest ring
+/// (order 4, 512 entries), 64 MiB of address space at order 8. Any ring entry may be
 /// INDIRECT, so a smaller shared pool would need back-pressure on consumption; instead these two
 /// arrays are allocated without being initialized (plain C structs, always written before they
 /// are read). Allocations this large typically come from fresh `mmap` (glibc's threshold is
@@ -57,10 +63,11 @@ struct RequestTable: ~Copyable {
     let capacity: Int
     let records: UnsafeMutablePointer<RequestRecord>
     let iocbs: UnsafeMutablePointer<iocb>
-    /// `segmentsPerRequest` per record index.
+    /// `segmentsPerRequest` per record index: what the iocb points at (the untransferred rest).
     let iovecs: UnsafeMutablePointer<iovec>
-    /// `segmentsPerRequest` private segment copies per record index.
-    let segments: UnsafeMutablePointer<clibaio_blkif_segment>
+    /// `segmentsPerRequest` per record index: the request's whole data as the front validated it
+    /// (blkif segments turned into addresses in the data pages; a virtio chain's data iovecs).
+    let sources: UnsafeMutablePointer<iovec>
     /// Where an INDIRECT request's descriptors are copied once and validated, before a record
     /// exists for it (`RequestValidator.validateIndirect`).
     let indirectDescriptors: UnsafeMutablePointer<clibaio_blkif_segment>
@@ -84,7 +91,7 @@ struct RequestTable: ~Copyable {
         iocbs = .allocate(capacity: capacity)
         iocbs.initialize(repeating: iocb(), count: capacity)
         iovecs = .allocate(capacity: capacity * Self.segmentsPerRequest)
-        segments = .allocate(capacity: capacity * Self.segmentsPerRequest)
+        sources = .allocate(capacity: capacity * Self.segmentsPerRequest)
         indirectDescriptors = .allocate(capacity: RingLayout.maxIndirectSegments)
         indirectDescriptors.initialize(repeating: clibaio_blkif_segment(), count: RingLayout.maxIndirectSegments)
         freeStack = .allocate(capacity: capacity)
@@ -100,7 +107,7 @@ struct RequestTable: ~Copyable {
         records.deallocate()
         iocbs.deallocate()
         iovecs.deallocate()
-        segments.deallocate()
+        sources.deallocate()
         indirectDescriptors.deallocate()
         freeStack.deallocate()
         queue.deallocate()
@@ -109,6 +116,12 @@ struct RequestTable: ~Copyable {
     }
 
     var used: Int { capacity - freeCount }
+
+    /// The source iovecs of `index`, as storage a front fills.
+    @inline(__always)
+    func sourceStorage(_ index: Int) -> UnsafeMutableBufferPointer<iovec> {
+        UnsafeMutableBufferPointer(start: sources + index * Self.segmentsPerRequest, count: Self.segmentsPerRequest)
+    }
 
     mutating func allocate() -> Int? {
         guard freeCount > 0 else { return nil }

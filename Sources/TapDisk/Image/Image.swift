@@ -169,6 +169,13 @@ package struct Image: ~Copyable {
         return rc == 0 ? nil : Errno(rawValue: -rc)
     }
 
+    /// virtio WRITE_ZEROES without UNMAP: zeros that stay allocated (a later write cannot fail
+    /// for space). Synchronous, like `punchHole`.
+    package func zeroRange(offset: Int64, length: Int64) -> Errno? {
+        let rc = clibaio_zero_range(fd.rawValue, offset, length)
+        return rc == 0 ? nil : Errno(rawValue: -rc)
+    }
+
     /// The image's size now, in 512-byte sectors (rounded down), or nil when it cannot be read:
     /// `fstat` for a file, `BLKGETSIZE64` for a block device. Cheap enough for every timer tick.
     package func currentSectors() -> UInt64? {

@@ -249,6 +249,12 @@ package struct SplitVirtqueue: ~Copyable {
         return clibaio_load_u16_acquire(available + 2) != lastAvailableIndex
     }
 
+    /// Chains are available to `pop` (read without arming notifications: the polling check).
+    @inline(__always)
+    package var hasAvailable: Bool {
+        fault == nil && clibaio_load_u16_acquire(available + 2) != lastAvailableIndex
+    }
+
     /// Tells the guest not to kick while we are polling anyway (VRING_USED_F_NO_NOTIFY; with
     /// EVENT_IDX the avail_event written by `pop` already lags).
     package func disableNotifications() {

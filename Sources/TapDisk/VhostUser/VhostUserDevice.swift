@@ -68,7 +68,9 @@ package struct VhostUserDevice: ~Copyable {
 
     package var hasCallDescriptor: Bool { call != nil }
 
-    package var offeredFeatures: UInt64 { VirtioFeatures.offered(readOnly: configuration.readOnly) }
+    package var offeredFeatures: UInt64 {
+        VirtioFeatures.offered(readOnly: configuration.readOnly, discard: configuration.discard)
+    }
 
     /// Whether requests may be taken: the ring is set up, enabled and has a kick fd.
     package var isRunning: Bool { queue != nil && enabled }
@@ -274,6 +276,15 @@ package struct VhostUserDevice: ~Copyable {
     package mutating func notifyIfNeeded() {
         guard queue != nil, queue!.shouldNotify(), call != nil else { return }
         call!.signal()
+    }
+
+    /// Chains are waiting (no notification is armed: the polling check).
+    package var hasAvailable: Bool {
+        guard enabled else { return false }
+        switch queue {
+        case .some(let q): return q.hasAvailable
+        case .none: return false
+        }
     }
 
     /// Re-arms guest kicks; true when buffers arrived meanwhile (pop again before sleeping).

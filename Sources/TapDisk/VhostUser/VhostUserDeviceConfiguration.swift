@@ -5,6 +5,8 @@ package struct VhostUserDeviceConfiguration: Sendable {
     /// Logical block size (power of two, ≥ 512).
     package var blockSize: UInt32
     package var readOnly: Bool
+    /// DISCARD and WRITE_ZEROES offered (the image can punch holes; never when read-only).
+    package var discard = true
     /// Most data segments per request (virtio_blk_config.seg_max).
     package var segMax: UInt32 = 126
     /// Largest single segment (virtio_blk_config.size_max).
@@ -34,13 +36,13 @@ package struct VhostUserDeviceConfiguration: Sendable {
 
     package var disk: VirtioBlkDisk {
         VirtioBlkDisk(
-            capacitySectors: capacitySectors, blockSize: blockSize, readOnly: readOnly, discard: !readOnly,
+            capacitySectors: capacitySectors, blockSize: blockSize, readOnly: readOnly, discard: discard && !readOnly,
             maxDiscardSectors: maxDiscardSectors, maxWriteZeroesSectors: maxWriteZeroesSectors)
     }
 
     package var config: VirtioBlkConfig {
         var c = VirtioBlkConfig(capacity: capacitySectors, sizeMax: sizeMax, segMax: segMax, blockSize: blockSize)
-        if !readOnly {
+        if discard && !readOnly {
             c.maxDiscardSectors = maxDiscardSectors
             c.maxDiscardSegments = 1
             c.discardSectorAlignment = blockSize / 512

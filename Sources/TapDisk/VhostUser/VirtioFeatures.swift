@@ -15,11 +15,15 @@ package enum VirtioFeatures {
     package static let version1: UInt64 = 1 << 32
 
     /// What the device offers in GET_FEATURES.
-    package static func offered(readOnly: Bool) -> UInt64 {
+    package static func offered(readOnly: Bool, discard: Bool = true) -> UInt64 {
         var f =
             version1 | ringEventIndex | ringIndirectDescriptors | vhostUserProtocolFeatures | blkSizeMax | blkSegMax
             | blkBlockSize | blkFlush
-        f |= readOnly ? blkReadOnly : (blkDiscard | blkWriteZeroes)
+        if readOnly {
+            f |= blkReadOnly
+        } else if discard {
+            f |= blkDiscard | blkWriteZeroes
+        }
         return f
     }
 }

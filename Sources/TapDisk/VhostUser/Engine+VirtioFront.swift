@@ -1,0 +1,180 @@
+import CLibAIO
+import Glibc
+
+/// The virtqueue front: where a descriptor chain becomes a request record, and where a record's
+/// answer becomes a status byte and a used-ring entry. `SplitVirtqueue.pop` copies each
+/// descriptor once, checks every address against guest memory and bounds the chain; the chain's
+/// data iovecs land directly in the record's source slot (zero copy to `preadv`/`pwritev`), and
+/// `VirtioBlkRequest.classify` judges the copied header against the disk.
+///
+/// Every popped head gets exactly one used entry: malformed and rejected chains here, at once;
+/// everything else through `finish`.
+extension Engine {
+    /// A vhost-user front-end connected: its messages go to `handleVhostMessage`, and its
+    /// virtqueue is served once the messages have set it up and enabled it.
+    package func attachVirtio(_ configuration: VhostUserDeviceConfiguration) throws(AttachError) {
+        guard !isAttached else { throw .alreadyAttached }
+        vhost = VhostUserDevice(configuration: configuration)
+        virtioDisk = configuration.disk
+        table = RequestTable(capacity: Int(configuration.maxQueueSize))
+        front = .virtio
+        isAttached = true
+        kickFD = -1
+        notifyFD = -1
+        attachGeneration &+= 1
+        barrierIndex = nil
+        frontStopped = false
+        setState(.running)
+    }
+
+    /// The largest queue a vhost-user front-end may set up: one iocb per in-flight chain.
+    package var maxVirtqueueSize: UInt32 { RingLayout.entries(pageOrder: maxRingPageOrder) }
+
+    /// Applies one control-plane message and returns its reply bytes (nil: none). The caller has
+    /// taken the kick eventfd out of the epoll set (`DiskLoop.releaseKickWatch`): the message may
+    /// close it. Services afterwards, because a ring that starts may already hold requests that
+    /// no kick will announce.
+    package func handleVhostMessage(_ message: consuming VhostUserMessage) throws(VhostUserDeviceError) -> [UInt8]? {
+        defer {
+            let kick = vhost.kickDescriptor ?? -1
+            if kick != kickFD {
+                kickFD = kick
+                attachGeneration &+= 1
+            }
+            service()
+        }
+        return try vhost.handle(message)
+    }
+
+    /// Stops taking chains so a message that stops or remaps the ring can wait for the drain
+    /// (`VhostUserDevice.mustWaitForDrain`). Held requests are answered IOERR: the front-end is
+    /// stopping the queue and waits for every chain it posted (QEMU blocks until it gets
+    /// GET_VRING_BASE's reply), so holding them would hang it.
+    package func stopFront() {
+        frontStopped = true
+        failAllHeld()
+        service()
+    }
+
+    package func restartFront() {
+        frontStopped = false
+        service()
+    }
+
+    func consumeVirtqueue() {
+        let capacity = min(vhost.configuration.iovecCapacity, RequestTable.segmentsPerRequest)
+        // One queue's worth per call at most: the queue size bounds what the guest can post.
+        var budget = table.capacity
+        while budget > 0 && canConsume {
+            budget -= 1
+            guard let index = table.allocate() else { return }
+            let storage = UnsafeMutableBufferPointer(
+                start: table.sources + index * RequestTable.segmentsPerRequest, count: capacity)
+            switch vhost.pop(into: storage) {
+            case .empty:
+                table.release(index)
+                return
+            case .broken(let fault):
+                table.release(index)
+                halt("virtqueue: \(fault)")
+                return
+            case .malformed(let head, _, let status):
+                table.release(index)
+                counters.invalidRequests += 1
+                answerHead(head, .error, statusByte: status, writtenBytes: status == nil ? 0 : 1)
+            case .chain(let chain):
+                start(chain, index: index, storage: storage)
+            }
+            if table.queueCount >= Self.submitBatch && !submitBackoff { submitQueued() }
+        }
+    }
+
+    private func start(_ chain: VirtqueueChain, index: Int, storage: UnsafeMutableBufferPointer<iovec>) {
+        let id = UInt64(chain.head)
+        switch VirtioBlkRequest.classify(chain, storage: storage, disk: virtioDisk) {
+        case .reject(let status, _):
+            table.release(index)
+            if status == .unsupported {
+                counters.unsupportedRequests += 1
+            } else {
+                counters.invalidRequests += 1
+            }
+            answerHead(
+                chain.head, status == .unsupported ? .notSupported : .error, statusByte: chain.status, writtenBytes: 1)
+        case .getID(let bytes):
+            table.release(index)
+            let written = copySerial(
+                into: storage, from: chain.readableSegments, count: chain.writableSegments, max: bytes)
+            answerHead(chain.head, .okay, statusByte: chain.status, writtenBytes: UInt32(written) + 1)
+        case .read(let sector, let bytes), .write(let sector, let bytes):
+            let operation: DiskOperation = chain.type == VirtioBlkType.read ? .read : .write
+            countRequest(operation)
+            begin(
+                index,
+                RequestRecord(
+                    id: id, operation: operation, sector: sector, segmentCount: chain.segmentCount,
+                    dataBytes: Int(bytes), status: chain.status))
+        case .flush:
+            countRequest(.flush)
+            begin(index, RequestRecord(id: id, operation: .flush, status: chain.status))
+        case .discard(let sector, let sectors):
+            countRequest(.discard)
+            begin(
+                index,
+                RequestRecord(
+                    id: id, operation: .discard, sector: sector, rangeSectors: UInt64(sectors), status: chain.status))
+        case .writeZeroes(let sector, let sectors, let unmap):
+            countRequest(.writeZeroes)
+            begin(
+                index,
+                RequestRecord(
+                    id: id, operation: unmap ? .discard : .writeZeroes, sector: sector, rangeSectors: UInt64(sectors),
+                    status: chain.status))
+        }
+    }
+
+    /// GET_ID: the serial (at most 20 bytes, as many as the guest's buffer holds) into the
+    /// device-writable iovecs. Returns the bytes written.
+    private func copySerial(
+        into storage: UnsafeMutableBufferPointer<iovec>, from first: Int, count: Int, max: UInt64
+    ) -> Int {
+        let serial = vhost.configuration.serial
+        let total = Swift.min(Int(Swift.min(max, UInt64(VirtioBlkType.idBytes))), serial.count)
+        var done = 0
+        serial.withUnsafeBytes { src in
+            for i in first..<(first + count) where done < total {
+                guard let base = storage[i].iov_base else { continue }
+                let n = Swift.min(storage[i].iov_len, total - done)
+                clibaio_shared_copy(base, src.baseAddress! + done, n)
+                done += n
+            }
+        }
+        return done
+    }
+
+    /// A record's answer on the virtqueue: OK only when every byte moved.
+    @inline(__always)
+    func answerChain(_ record: RequestRecord, status: BlkifStatus) {
+        let written: UInt32 = status == .okay && record.operation == .read ? UInt32(record.dataBytes) + 1 : 1
+        answerHead(UInt16(truncatingIfNeeded: record.id), status, statusByte: record.status, writtenBytes: written)
+    }
+
+    /// The only code that writes a virtio status byte and a used entry. Exactly one call per
+    /// popped head.
+    @inline(__always)
+    func answerHead(
+        _ head: UInt16, _ status: BlkifStatus, statusByte: UnsafeMutablePointer<UInt8>?, writtenBytes: UInt32
+    ) {
+        countResponse(status)
+        if let statusByte {
+            let byte: VirtioBlkStatus =
+                switch status {
+                case .okay: .ok
+                case .error: .ioError
+                case .notSupported: .unsupported
+                }
+            byte.write(to: statusByte)
+        }
+        vhost.complete(head: head, writtenBytes: writtenBytes)
+    }
+}
