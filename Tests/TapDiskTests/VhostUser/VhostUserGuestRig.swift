@@ -102,7 +102,7 @@ final class VhostUserGuestRig {
     /// console so far, which is line-buffered all the way (`stdbuf -oL`: guest.sh's `tr` would
     /// otherwise hold back up to 4 KiB), so a scenario can react to what the guest prints.
     func boot(
-        script: String, name: String, timeoutSeconds: Int = 150, poll: (GuestConsole) -> Void = { _ in }
+        script: String, name: String, timeoutSeconds: Int = 120, poll: (GuestConsole) -> Void = { _ in }
     ) throws -> GuestRun {
         let scriptPath = daemon.directory + "/\(name).sh"
         let consolePath = daemon.directory + "/\(name).console"
