@@ -125,8 +125,8 @@ struct VhostUserGuestScenarioTests {
                 + " journal replay, lost \(lost.count); FAIL \(fails.count) (first: \(firstFailure));"
                 + " guest kernel I/O error lines \(ioErrors.count); daemon nospace-errors \(c["nospace-errors"]),"
                 + " responses-error \(c["responses-error"]), write-requests \(c["write-requests"]),"
-                + " io-error events \(nospace.count); e2fsck -fn after replay status \(fsck.status); guest \(String(format: "%.1f", run.seconds)) s"
-        )
+                + " io-error events \(nospace.count); e2fsck -fn after replay status \(fsck.status);"
+                + " guest \(String(format: "%.1f", run.seconds)) s")
     }
 
     /// (c) The seed bug under `--on-nospace pause`: when the host runs out the daemon pauses and
