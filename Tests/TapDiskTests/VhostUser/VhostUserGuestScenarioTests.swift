@@ -81,10 +81,13 @@ struct VhostUserGuestScenarioTests {
     /// `--on-nospace report`: the guest writes fsync'd 1 MiB files until writes fail. A write
     /// the host cannot store must fail in the guest (dd gets EIO, the kernel logs an I/O error
     /// on vda), and no file the guest was told is durable may be missing or different when the
-    /// image is read back after the daemon exited (journal replayed, as a reboot would).
-    @Test(.timeLimit(.minutes(3))) func seedBugNospaceReachesTheGuestAndNoAcknowledgedWriteIsLost() throws {
+    /// image is read back after the daemon exited (journal replayed, as a reboot would). With
+    /// O_DIRECT (`none`) and through the host's page cache (`writeback`).
+    @Test(.timeLimit(.minutes(3)), arguments: ["none", "writeback"])
+    func seedBugNospaceReachesTheGuestAndNoAcknowledgedWriteIsLost(cache: String) throws {
         let rig = try VhostUserGuestRig(
-            imageBytes: 256 << 20, arguments: ["--on-nospace", "report"], loopFilesystemMiB: 24, leaveFree: 6 << 20)
+            imageBytes: 256 << 20, arguments: ["--on-nospace", "report", "--cache", cache], loopFilesystemMiB: 24,
+            leaveFree: 6 << 20)
         defer { rig.teardown() }
         let freeAtStart = try #require(rig.fs).freeBytes()
         let run = try rig.boot(script: VhostUserGuestScripts.fillUntilFailure(files: 24), name: "seed")
@@ -120,13 +123,13 @@ struct VhostUserGuestScenarioTests {
         #expect(lost.isEmpty, "acknowledged to the guest but missing or different on the host: \(lost)")
         let fsck = try VhostUserGuestRig.fsck(replayed.copy)
         print(
-            "vhost guest (b) seed bug, report: host free \(Self.mib(freeAtStart)) under a 256 MiB image;"
-                + " guest OK \(ok.count) files (\(ok.count) MiB), \(ok.count - lost.count) intact on the host after"
-                + " journal replay, lost \(lost.count); FAIL \(fails.count) (first: \(firstFailure));"
-                + " guest kernel I/O error lines \(ioErrors.count); daemon nospace-errors \(c["nospace-errors"]),"
-                + " responses-error \(c["responses-error"]), write-requests \(c["write-requests"]),"
-                + " io-error events \(nospace.count); e2fsck -fn after replay status \(fsck.status);"
-                + " guest \(String(format: "%.1f", run.seconds)) s")
+            "vhost guest (b) seed bug, report, cache \(cache): host free \(Self.mib(freeAtStart))"
+                + " under a 256 MiB image; guest OK \(ok.count) files (\(ok.count) MiB),"
+                + " \(ok.count - lost.count) intact on the host after journal replay, lost \(lost.count);"
+                + " FAIL \(fails.count) (first: \(firstFailure)); guest kernel I/O error lines \(ioErrors.count);"
+                + " daemon nospace-errors \(c["nospace-errors"]), responses-error \(c["responses-error"]),"
+                + " write-requests \(c["write-requests"]), io-error events \(nospace.count);"
+                + " e2fsck -fn after replay status \(fsck.status); guest \(String(format: "%.1f", run.seconds)) s")
     }
 
     /// (c) The seed bug under `--on-nospace pause`: when the host runs out the daemon pauses and
