@@ -36,9 +36,11 @@ install: $(BINARY)
 	$(INSTALL) -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/tapdiskd
 	gzip -9n < man/tapdiskd.8 > $(DESTDIR)$(MANDIR)/tapdiskd.8.gz
 	chmod 0644 $(DESTDIR)$(MANDIR)/tapdiskd.8.gz
-	sed 's|^ExecStart=/usr/local/bin/tapdiskd |ExecStart=$(BINDIR)/tapdiskd |' systemd/tapdiskd@.service > $(DESTDIR)$(UNITDIR)/tapdiskd@.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/tapdiskd@.service
-	grep -q '^ExecStart=$(BINDIR)/tapdiskd ' $(DESTDIR)$(UNITDIR)/tapdiskd@.service
+	for unit in tapdiskd@.service tapdiskd-vhost@.service; do \
+		sed 's|^ExecStart=/usr/local/bin/tapdiskd |ExecStart=$(BINDIR)/tapdiskd |' systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit && \
+		grep -q '^ExecStart=$(BINDIR)/tapdiskd ' $(DESTDIR)$(UNITDIR)/$$unit || exit 1; \
+	done
 	$(INSTALL) -m 0644 systemd/tapdiskd@.socket $(DESTDIR)$(UNITDIR)/tapdiskd@.socket
 	$(INSTALL) -m 0644 systemd/example.conf $(DESTDIR)$(CONFDIR)/example.conf.sample
 	@echo "installed; on a live system run: systemctl daemon-reload"
@@ -47,6 +49,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/tapdiskd
 	rm -f $(DESTDIR)$(MANDIR)/tapdiskd.8.gz
 	rm -f $(DESTDIR)$(UNITDIR)/tapdiskd@.service $(DESTDIR)$(UNITDIR)/tapdiskd@.socket
+	rm -f $(DESTDIR)$(UNITDIR)/tapdiskd-vhost@.service
 	rm -f $(DESTDIR)$(CONFDIR)/example.conf.sample
 	rmdir $(DESTDIR)$(CONFDIR) 2>/dev/null || true
 

@@ -10,19 +10,35 @@
 #   systemd      systemd-analyze (unit verification and the security score test)
 #   groff-base   groff (the man page must format without warnings: ManPageTests)
 #
+# and, for the tests and the demo act that boot a Linux guest under QEMU (scripts/guest.sh):
+#
+#   qemu-system-x86  qemu-system-x86_64 (vhost-user-blk-pci) and qemu-storage-daemon (the
+#                    reference backend of scripts/compare-qsd.sh)
+#   busybox-static   the guest's userland (its initramfs must not need shared libraries)
+#   cpio             packs the guest's initramfs
+#
+# Those three are optional: when they cannot be installed this script says so and succeeds,
+# and the QEMU suites and the demo's VM act are skipped with that reason.
 # Swift itself is expected at /opt/swift or on PATH; this script does not install it.
 set -euo pipefail
 
 packages=(libaio-dev e2fsprogs fio util-linux mount systemd groff-base)
+guest_packages=(qemu-system-x86 busybox-static cpio)
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
 
 missing=()
 for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
+    installed "$p" || missing+=("$p")
+done
+missing_guest=()
+for p in "${guest_packages[@]}"; do
+    installed "$p" || missing_guest+=("$p")
 done
 
-if ((${#missing[@]} == 0)); then
+if ((${#missing[@]} == 0 && ${#missing_guest[@]} == 0)); then
     exit 0
 fi
 
@@ -30,7 +46,11 @@ if [[ $(id -u) -ne 0 ]]; then
     if command -v sudo >/dev/null 2>&1; then
         sudo=(sudo)
     else
-        echo "setup.sh: need root to install: ${missing[*]}" >&2
+        if ((${#missing[@]} == 0)); then
+            echo "setup.sh: not root, so not installing ${missing_guest[*]}: the QEMU tests and the demo's VM act will be skipped" >&2
+            exit 0
+        fi
+        echo "setup.sh: need root to install: ${missing[*]} ${missing_guest[*]}" >&2
         exit 1
     fi
 else
@@ -38,10 +58,26 @@ else
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "setup.sh: installing ${missing[*]}" >&2
+updated=no
 # One `apt-get update` per run, and only because something is missing. If the lists are fresh
 # enough the install works on the first try; otherwise update once and retry.
-if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-    "${sudo[@]}" apt-get update -qq >/dev/null
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+install() {
+    if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1; then
+        if [[ $updated == no ]]; then
+            updated=yes
+            "${sudo[@]}" apt-get update -qq >/dev/null || true
+        fi
+        "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    fi
+}
+
+if ((${#missing[@]} > 0)); then
+    echo "setup.sh: installing ${missing[*]}" >&2
+    install "${missing[@]}"
+fi
+if ((${#missing_guest[@]} > 0)); then
+    echo "setup.sh: installing ${missing_guest[*]}" >&2
+    if ! install "${missing_guest[@]}"; then
+        echo "setup.sh: could not install ${missing_guest[*]}: the QEMU tests and the demo's VM act will be skipped" >&2
+    fi
 fi

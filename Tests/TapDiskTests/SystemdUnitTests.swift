@@ -17,6 +17,9 @@ struct SystemdUnitTests {
 
     static var unitDir: String { repoRoot + "/systemd" }
 
+    /// The shipped services: the ring daemon (socket-activated) and the vhost-user-blk one.
+    static let services = ["tapdiskd@.service", "tapdiskd-vhost@.service"]
+
     /// `verify` insists that ExecStart's binary exists. The installed path usually does not exist
     /// on a build machine, so the units are verified from a copy whose ExecStart names the freshly
     /// built `tapdiskd` (or, if that is missing, any executable: the unit syntax is what is tested).
@@ -36,16 +39,19 @@ struct SystemdUnitTests {
         ).path
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: tmp) }
-        let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd@.service", encoding: .utf8)
-        #expect(service.contains("ExecStart=/usr/local/bin/tapdiskd "))
-        try service.replacingOccurrences(
-            of: "ExecStart=/usr/local/bin/tapdiskd ", with: "ExecStart=\(Self.executableForVerify()) "
-        )
-        .write(toFile: tmp + "/tapdiskd@.service", atomically: true, encoding: .utf8)
+        for name in Self.services {
+            let service = try String(contentsOfFile: Self.unitDir + "/" + name, encoding: .utf8)
+            #expect(service.contains("ExecStart=/usr/local/bin/tapdiskd "), "\(name)")
+            try service.replacingOccurrences(
+                of: "ExecStart=/usr/local/bin/tapdiskd ", with: "ExecStart=\(Self.executableForVerify()) "
+            )
+            .write(toFile: tmp + "/" + name, atomically: true, encoding: .utf8)
+        }
         try FileManager.default.copyItem(atPath: Self.unitDir + "/tapdiskd@.socket", toPath: tmp + "/tapdiskd@.socket")
 
         let r = try Shell.run([
             "systemd-analyze", "verify", "--man=no", tmp + "/tapdiskd@ci.service", tmp + "/tapdiskd@ci.socket",
+            tmp + "/tapdiskd-vhost@ci.service",
         ])
         #expect(r.status == 0, "\(r.stderr)")
         // verify only warns (exit 0) about unknown keys or unparsable values: treat any warning
@@ -54,9 +60,9 @@ struct SystemdUnitTests {
         #expect(ours.isEmpty, "\(ours.joined(separator: "\n"))")
     }
 
-    @Test func serviceExposureIsAtMost2() throws {
+    @Test(arguments: SystemdUnitTests.services) func serviceExposureIsAtMost2(name: String) throws {
         let r = try Shell.run([
-            "systemd-analyze", "security", "--offline=true", "--no-pager", Self.unitDir + "/tapdiskd@.service",
+            "systemd-analyze", "security", "--offline=true", "--no-pager", Self.unitDir + "/" + name,
         ])
         #expect(r.status == 0, "\(r.stderr)")
         let line = try #require(
@@ -80,5 +86,27 @@ struct SystemdUnitTests {
             #expect(service.contains(key), "\(key)")
         }
         #expect(service.contains("WatchdogSec="))
+    }
+
+    /// QEMU is pointed at the vhost socket and the toolstack at the control socket, both in a
+    /// runtime directory that every disk's instance shares and none may remove; the per-disk
+    /// configuration is the same file the ring daemon's unit reads.
+    @Test func vhostServiceListensWhereQEMUConnects() throws {
+        let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd-vhost@.service", encoding: .utf8)
+        let execStart = try #require(service.split(separator: "\n").first { $0.hasPrefix("ExecStart=") })
+        for part in [
+            "--image ${TAPDISK_IMAGE}", "--socket /run/tapdiskd/%i.sock",
+            "--vhost-user-blk /run/tapdiskd/%i.vhost.sock", "$TAPDISK_ARGS",
+        ] {
+            #expect(execStart.contains(part), "\(part)")
+        }
+        for key in [
+            "Type=notify", "NotifyAccess=main", "Restart=on-failure", "EnvironmentFile=/etc/tapdisk/%i.conf",
+            "ConditionPathExists=/etc/tapdisk/%i.conf", "RuntimeDirectory=tapdiskd", "RuntimeDirectoryPreserve=yes",
+            "RestrictAddressFamilies=AF_UNIX", "MemoryDenyWriteExecute=yes",
+        ] {
+            #expect(service.contains(key), "\(key)")
+        }
+        #expect(!service.contains("Requires=tapdiskd@"), "the vhost unit has no socket unit")
     }
 }

@@ -113,7 +113,7 @@ extension Daemon {
     ) throws(ControlError) {
         let parsed = try AttachRequest(request)
         guard config.vhostUserSocketPath == nil else {
-            throw .wrongState("this daemon serves its disk to a vhost-user-blk front-end (--vhost-user-blk)")
+            throw .busy("this daemon serves its disk to a vhost-user-blk front-end (--vhost-user-blk)")
         }
         guard !engine.isAttached else { throw .busy("a frontend is already attached") }
         let attachment = try parsed.validate(

@@ -37,6 +37,9 @@ package final class Engine {
     @exclusivity(unchecked) var virtioDisk = VirtioBlkDisk(
         capacitySectors: 0, blockSize: 512, readOnly: true, discard: false, maxDiscardSectors: 0,
         maxWriteZeroesSectors: 0)
+    /// iovecs one chain may fill (kept here: reading `vhost.configuration` per pop would copy
+    /// its serial array, ARC traffic on the request path).
+    @exclusivity(unchecked) var virtioSegments = 0
     /// The vhost-user-blk device (the virtio front's control plane and virtqueue).
     @exclusivity(unchecked) package internal(set) var vhost = VhostUserDevice(
         configuration: VhostUserDeviceConfiguration(capacitySectors: 0, blockSize: 512, readOnly: true))

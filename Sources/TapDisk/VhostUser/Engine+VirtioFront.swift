@@ -16,6 +16,7 @@ extension Engine {
         guard !isAttached else { throw .alreadyAttached }
         vhost = VhostUserDevice(configuration: configuration)
         virtioDisk = configuration.disk
+        virtioSegments = min(configuration.iovecCapacity, RequestTable.segmentsPerRequest)
         table = RequestTable(capacity: Int(configuration.maxQueueSize))
         front = .virtio
         isAttached = true
@@ -62,7 +63,7 @@ extension Engine {
     }
 
     func consumeVirtqueue() {
-        let capacity = min(vhost.configuration.iovecCapacity, RequestTable.segmentsPerRequest)
+        let capacity = virtioSegments
         // One queue's worth per call at most: the queue size bounds what the guest can post.
         var budget = table.capacity
         while budget > 0 && canConsume {

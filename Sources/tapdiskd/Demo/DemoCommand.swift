@@ -8,7 +8,8 @@ import TapDisk
 /// In 2006 every write "succeeded" and the guest's data was silently lost. Here the demo counts,
 /// from the frontend's side, that every write got exactly one answer, that every failure was an
 /// I/O error the guest could see, and that every write answered OKAY is on disk after a remount;
-/// then it replays the run with `--on-nospace pause` and an operator who adds space.
+/// then it replays the run with `--on-nospace pause` and an operator who adds space. A third run
+/// (`DemoVMAct`) puts a real Linux guest under QEMU in the frontend's place, when QEMU is there.
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo", abstract: "Replay the 2006 ENOSPC bug against tapdiskd and check every guarantee (root).")
@@ -35,6 +36,14 @@ struct DemoCommand: ParsableCommand {
         }
     }
 
+    @Flag(
+        inversion: .prefixedNo,
+        help: ArgumentHelp(
+            "--vm: only the VM act (a Linux guest under QEMU, served over vhost-user-blk); --no-vm: skip it.",
+            discussion: "By default the VM act runs after the other two when QEMU and scripts/guest.sh are there, "
+                + "and is skipped with the reason otherwise."))
+    var vm: Bool? = nil
+
     func run() throws {
         guard geteuid() == 0 else {
             printError("tapdiskd demo needs root: it loop-mounts a \(filesystemMiB) MiB ext4 (run it with sudo)")
@@ -49,9 +58,29 @@ struct DemoCommand: ParsableCommand {
         let progress = DemoProgress(quiet: json)
         progress.say("tapdiskd demo: Red Hat bug 217859 (2006), scaled down")
         progress.say("  In 2006 a guest wrote 500 MB onto a 1 GB sparse image on a 200 MB host filesystem; every write")
-        progress.say(
-            "  \"succeeded\" because tapdisk dropped the AIO errors. Here: a \(imageMiB) MiB sparse image on a \(filesystemMiB) MiB ext4."
-        )
+        var results: [DemoScenario.Result] = []
+        if vm != true {
+            progress.say(
+                "  \"succeeded\" because tapdisk dropped the AIO errors. Here: a \(imageMiB) MiB sparse image on a \(filesystemMiB) MiB ext4."
+            )
+            results = try runRingActs(progress)
+        } else {
+            progress.say("  \"succeeded\" because tapdisk dropped the AIO errors.")
+        }
+        var vmOutcome = DemoVMOutcome.notRequested
+        if vm != false { vmOutcome = try runVMAct(progress) }
+        let verdict = Verdict(results: results, ringRunsRequested: vm != true, vm: vmOutcome)
+        if json {
+            print(JSONWriter.string(.object(verdict.json)))
+        } else {
+            progress.say("")
+            for line in verdict.lines { progress.say(line) }
+        }
+        if !verdict.passed { throw ExitCode(2) }
+    }
+
+    /// Runs 1 and 2: the library's frontend writes through the ring, with `report`, then `pause`.
+    private func runRingActs(_ progress: DemoProgress) throws -> [DemoScenario.Result] {
         let filesystem: DemoFilesystem
         do {
             filesystem = try DemoFilesystem(sizeMiB: filesystemMiB)
@@ -98,14 +127,39 @@ struct DemoCommand: ParsableCommand {
             printError("tapdiskd demo: \(error)")
             throw ExitCode(1)
         }
-        let verdict = Verdict(results: results)
-        if json {
-            print(JSONWriter.string(.object(verdict.json)))
-        } else {
-            progress.say("")
-            for line in verdict.lines { progress.say(line) }
+        return results
+    }
+
+    /// Run 3: a real Linux guest under QEMU, when QEMU and the guest are there (or `--vm` asks
+    /// for it, and then their absence is an error).
+    private func runVMAct(_ progress: DemoProgress) throws -> DemoVMOutcome {
+        progress.say("")
+        progress.say("Run 3: a Linux guest under QEMU (vhost-user-blk) on tapdiskd --on-nospace report")
+        for tool in ["debugfs", "e2fsck", "md5sum"] where !Subprocess.which(tool) {
+            return try skipVMAct("\(tool) is not installed (apt-get install -y e2fsprogs coreutils)", progress)
         }
-        if !verdict.passed { throw ExitCode(2) }
+        let buildLog = "/tmp/tapdiskd-demo-guest-build-\(getpid()).log"
+        defer { unlink(buildLog) }
+        switch DemoGuest.prepare(log: buildLog, progress: progress) {
+        case .unavailable(let reason):
+            return try skipVMAct(reason, progress)
+        case .ready(let guestScript):
+            do {
+                return .ran(try DemoVMAct(guestScript: guestScript, progress: progress).run(keep: keep))
+            } catch {
+                printError("tapdiskd demo: VM act: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    private func skipVMAct(_ reason: String, _ progress: DemoProgress) throws -> DemoVMOutcome {
+        if vm == true {
+            printError("tapdiskd demo --vm: \(reason)")
+            throw ExitCode(1)
+        }
+        progress.say("  skipped: \(reason)")
+        return .skipped(reason)
     }
 
     private func describe(_ r: DemoScenario.Result, _ progress: DemoProgress) {
@@ -127,71 +181,5 @@ struct DemoCommand: ParsableCommand {
             progress.say("  held then completed after resume: \(r.resubmitted) writes")
         }
         progress.say("  after umount and mount: \(r.intact) of \(r.verified) acknowledged writes intact")
-    }
-}
-
-/// The demo's conclusion, as text and as one JSON object.
-struct Verdict {
-    let results: [DemoScenario.Result]
-
-    var report: DemoScenario.Result? { results.first { $0.policy == "report" } }
-    var pause: DemoScenario.Result? { results.first { $0.policy == "pause" } }
-
-    /// The guarantees, each checked on what the frontend itself saw.
-    var checks: [(String, Bool)] {
-        var c: [(String, Bool)] = []
-        c.append(
-            (
-                "every write answered exactly once",
-                results.allSatisfy { $0.missing == 0 && $0.duplicates == 0 && $0.okay + $0.error == $0.writes }
-            ))
-        c.append(("no acknowledged write lost", results.allSatisfy { $0.lost == 0 && $0.verified == $0.okay }))
-        c.append(("report: ENOSPC reached the guest as I/O errors", (report?.error ?? 0) > 0))
-        c.append(
-            (
-                "report: the toolstack got an io-error event with nospace",
-                report?.firstIOError?["nospace"]?.boolValue == true
-            ))
-        c.append(
-            ("report: status showed io-status nospace", report?.statusAfter["io-status"]?.stringValue == "nospace"))
-        c.append(("pause: the disk paused for nospace", pause?.pausedReason == "nospace"))
-        c.append(
-            (
-                "pause: held writes completed after the operator added space",
-                (pause?.resubmitted ?? 0) > 0 && pause?.resumedAutomatically == true
-            ))
-        c.append(("pause: every write landed", pause.map { $0.error == 0 && $0.okay == $0.writes } ?? false))
-        c.append(("daemons exited 0 after SIGTERM", results.allSatisfy { $0.daemonExit == 0 }))
-        return c
-    }
-
-    var passed: Bool { results.count == 2 && checks.allSatisfy(\.1) }
-
-    var lines: [String] {
-        ["Verdict: \(passed ? "PASS" : "FAIL")"] + checks.map { "  [\($0.1 ? "ok" : "FAILED")] \($0.0)" }
-    }
-
-    var json: JSONObject {
-        var runs = JSONObject()
-        for r in results {
-            runs.set(
-                r.policy,
-                .object([
-                    "writes": .integer(r.writes), "okay": .integer(r.okay), "error": .integer(r.error),
-                    "missing": .integer(r.missing), "duplicates": .integer(r.duplicates),
-                    "acknowledged-verified": .integer(r.verified), "acknowledged-intact": .integer(r.intact),
-                    "acknowledged-lost": .integer(r.lost),
-                    "io-error-events": .integer(r.ioErrorEvents),
-                    "first-io-error": r.firstIOError.map { .object($0) } ?? .null,
-                    "paused-reason": r.pausedReason.map { .string($0) } ?? .null,
-                    "resumed-automatically": .bool(r.resumedAutomatically), "held-then-completed": .uint(r.resubmitted),
-                    "operator-freed-space": .bool(r.operatorFreedSpace),
-                    "status": .object(r.statusAfter), "counters": .object(r.countersAfter),
-                    "seconds": .double((r.seconds * 1000).rounded() / 1000), "daemon-exit": .integer(r.daemonExit),
-                ]))
-        }
-        var checksObject = JSONObject()
-        for (name, ok) in checks { checksObject.set(name, .bool(ok)) }
-        return ["passed": .bool(passed), "runs": .object(runs), "checks": .object(checksObject)]
     }
 }

@@ -37,6 +37,19 @@ struct VhostUserTestRing: ~Copyable {
         self.size = size
     }
 
+    /// The same layout over `fd`, a memfd of at least `bytes` that a front-end also hands to a
+    /// daemon: both map it shared, so what the test writes here is what the daemon reads.
+    init(size: Int, sharing fd: borrowing FileDescriptor) throws {
+        let copy = try fd.duplicate()
+        memory = try GuestMemory(regions: [Self.region], descriptors: ReceivedDescriptors(adopting: [copy.release()]))
+        self.size = size
+    }
+
+    /// The one region every test ring lives in.
+    static var region: VhostUserMemoryRegion {
+        VhostUserMemoryRegion(guestPhysicalAddress: base, size: bytes, userAddress: userBase, mmapOffset: 0)
+    }
+
     /// The host address of a guest-physical address inside the region.
     func host(_ gpa: UInt64) -> UnsafeMutableRawPointer { memory.translate(guestPhysical: gpa, length: 1)! }
 
