@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <time.h>
 #include <sys/time.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
@@ -90,9 +92,31 @@ const uint32_t clibaio_vblk_cfg_secure_erase_start = offsetof(struct virtio_blk_
 
 #define CLIBAIO_VHOST_MAX_CMSG_FDS 16
 
-static ssize_t recv_exact(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds) {
+static int64_t monotonic_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/// Reads exactly `len` bytes. Once a message has begun (`*deadline` != 0, set when its first
+/// bytes arrive), every further read waits only until that deadline: a peer that drips a
+/// message a byte at a time cannot hold the caller longer than `deadline_ms` per message
+/// (SO_RCVTIMEO alone bounds each read, not their sum).
+static ssize_t recv_exact(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds, int64_t *deadline,
+                          int deadline_ms) {
     size_t done = 0;
     while (done < len) {
+        if (*deadline != 0 && deadline_ms > 0) {
+            int64_t left = *deadline - monotonic_ms();
+            if (left <= 0) return -ETIMEDOUT;
+            struct pollfd p = {fd, POLLIN, 0};
+            int r = poll(&p, 1, (int)left);
+            if (r == 0) return -ETIMEDOUT;
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                return -errno;
+            }
+        }
         union {
             char buf[CMSG_SPACE(sizeof(int) * CLIBAIO_VHOST_MAX_CMSG_FDS)];
             struct cmsghdr align;
@@ -112,20 +136,24 @@ static ssize_t recv_exact(int fd, void *buf, size_t len, int *fds, int max_fds, 
         clibaio_scm_collect(&msg, fds, max_fds, nfds);
         if (msg.msg_flags & MSG_CTRUNC) (*nfds) += CLIBAIO_VHOST_MAX_CMSG_FDS;  // more than we can hold
         if (n == 0) return done == 0 ? 0 : -ECONNRESET;
+        if (*deadline == 0) *deadline = monotonic_ms() + deadline_ms;
         done += (size_t)n;
     }
     return (ssize_t)done;
 }
 
-ssize_t clibaio_vhost_recv_header(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds) {
+ssize_t clibaio_vhost_recv_header(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds, int64_t *deadline,
+                                  int deadline_ms) {
     *nfds = 0;
-    return recv_exact(fd, buf, len, fds, max_fds, nfds);
+    *deadline = 0;
+    return recv_exact(fd, buf, len, fds, max_fds, nfds, deadline, deadline_ms);
 }
 
-ssize_t clibaio_vhost_recv_payload(int fd, void *buf, size_t len, int *stray_fds) {
+ssize_t clibaio_vhost_recv_payload(int fd, void *buf, size_t len, int *stray_fds, int64_t *deadline,
+                                   int deadline_ms) {
     *stray_fds = 0;
     if (len == 0) return 0;
-    ssize_t n = recv_exact(fd, buf, len, NULL, 0, stray_fds);
+    ssize_t n = recv_exact(fd, buf, len, NULL, 0, stray_fds, deadline, deadline_ms);
     return n == 0 ? -ECONNRESET : n;
 }
 

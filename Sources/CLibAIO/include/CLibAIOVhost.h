@@ -136,11 +136,16 @@ static inline void clibaio_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_
 /// Receives exactly `len` header bytes, collecting SCM_RIGHTS fds (cloexec) from every
 /// control message on the way. `*nfds` counts all fds received; those beyond `max_fds` are
 /// closed here. Returns `len`, 0 on EOF before the first byte, -ECONNRESET on EOF mid-header,
-/// or -errno. Blocks (the peer sends a whole message at once).
-ssize_t clibaio_vhost_recv_header(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds);
+/// or -errno. The first read blocks; once bytes have arrived, the rest of the message (this
+/// header and `clibaio_vhost_recv_payload` with the same `*deadline`) must arrive within
+/// `deadline_ms` (0: no limit), else -ETIMEDOUT.
+ssize_t clibaio_vhost_recv_header(int fd, void *buf, size_t len, int *fds, int max_fds, int *nfds, int64_t *deadline,
+                                  int deadline_ms);
 /// Receives exactly `len` payload bytes; fds arriving here are closed and counted in
-/// `*stray_fds`. Returns `len`, -ECONNRESET on EOF, or -errno.
-ssize_t clibaio_vhost_recv_payload(int fd, void *buf, size_t len, int *stray_fds);
+/// `*stray_fds`. Returns `len`, -ECONNRESET on EOF, -ETIMEDOUT past the header's deadline, or
+/// -errno.
+ssize_t clibaio_vhost_recv_payload(int fd, void *buf, size_t len, int *stray_fds, int64_t *deadline,
+                                   int deadline_ms);
 /// Sends `len` bytes (fds, if any, attached to the first byte); loops over short writes.
 ssize_t clibaio_vhost_send(int fd, const void *buf, size_t len, const int *fds, int nfds);
 /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): 0 or -errno.

@@ -10,8 +10,9 @@ import Glibc
 /// chains, and the message is applied once everything it would pull out from under the kernel
 /// has been answered.
 extension Daemon {
-    /// How long a front-end may stall in the middle of a message (or leave a reply unread)
-    /// before the connection is dropped: `VhostUserMessage.receive` reads a whole message.
+    /// How long one message may take to arrive once it has begun (and how long a reply may stay
+    /// unread) before the connection is dropped: `VhostUserMessage.receive` reads a whole
+    /// message on the disk's one thread.
     static let vhostStallMilliseconds: Int32 = 1000
 
     /// Binds the vhost-user socket, replacing a stale socket file but never a live listener's.
@@ -81,7 +82,8 @@ extension Daemon {
         guard let fd = vhostConnection?.rawValue else { return }
         let message: VhostUserMessage
         do {
-            guard let m = try VhostUserMessage.receive(from: fd) else {
+            guard let m = try VhostUserMessage.receive(from: fd, deadlineMilliseconds: Self.vhostStallMilliseconds)
+            else {
                 disconnectVhostUser(reason: "front-end closed the connection")
                 return
             }

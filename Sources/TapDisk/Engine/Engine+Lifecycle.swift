@@ -60,6 +60,7 @@ extension Engine {
         }
         front = .none
         frontStopped = false
+        releaseBounceBuffer()
         notifyFD = -1
         kickFD = -1
         barrierIndex = nil

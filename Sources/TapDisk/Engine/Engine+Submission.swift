@@ -8,6 +8,10 @@ extension Engine {
     /// Prepares the data iocb for the untransferred remainder of a request and queues it.
     func prepareData(_ index: Int) {
         let r = table.records[index]
+        if r.bounced {
+            bounceTransfer(index)
+            return
+        }
         let sources = table.sources + index * RequestTable.segmentsPerRequest
         let iov = table.iovecs + index * RequestTable.segmentsPerRequest
         var skip = r.transferred

@@ -40,6 +40,12 @@ package final class Engine {
     /// iovecs one chain may fill (kept here: reading `vhost.configuration` per pop would copy
     /// its serial array, ARC traffic on the request path).
     @exclusivity(unchecked) var virtioSegments = 0
+    /// Guest buffers must be aligned to this for `O_DIRECT` (0: the image is not opened
+    /// `O_DIRECT`, anything goes); misaligned ones are bounced (Engine+Bounce.swift).
+    @exclusivity(unchecked) var bounceAlignment = 0
+    /// Allocated at the first misaligned request of an attachment, freed at detach.
+    var bounceBuffer: UnsafeMutableRawPointer? = nil
+    var bounceCapacity = 0
     /// The vhost-user-blk device (the virtio front's control plane and virtqueue).
     @exclusivity(unchecked) package internal(set) var vhost = VhostUserDevice(
         configuration: VhostUserDeviceConfiguration(capacitySectors: 0, blockSize: 512, readOnly: true))

@@ -32,6 +32,9 @@ struct RequestRecord {
     var rangeSectors: UInt64 = 0
     /// virtio: the chain's status byte in guest memory (nil for blkif).
     var status: UnsafeMutablePointer<UInt8>? = nil
+    /// The data cannot go to `O_DIRECT` as it lies (a guest buffer not aligned to the sector
+    /// size): it moves through the engine's bounce buffer instead (Engine+Bounce.swift).
+    var bounced = false
     /// Consumption order: held requests are resubmitted in it.
     var sequence: UInt64 = 0
     var phase: Phase = .free

@@ -17,6 +17,8 @@ extension Engine {
         vhost = VhostUserDevice(configuration: configuration)
         virtioDisk = configuration.disk
         virtioSegments = min(configuration.iovecCapacity, RequestTable.segmentsPerRequest)
+        bounceAlignment = image.cache.usesDirectIO ? Int(geometry.sectorSize) : 0
+        bounceCapacity = Int(configuration.maxChainBytes)
         table = RequestTable(capacity: Int(configuration.maxQueueSize))
         front = .virtio
         isAttached = true
@@ -114,7 +116,8 @@ extension Engine {
                 index,
                 RequestRecord(
                     id: id, operation: operation, sector: sector, segmentCount: chain.segmentCount,
-                    dataBytes: Int(bytes), status: chain.status))
+                    dataBytes: Int(bytes), status: chain.status,
+                    bounced: !isAligned(storage, count: chain.segmentCount)))
         case .flush:
             countRequest(.flush)
             begin(index, RequestRecord(id: id, operation: .flush, status: chain.status))
@@ -132,6 +135,18 @@ extension Engine {
                     id: id, operation: unmap ? .discard : .writeZeroes, sector: sector, rangeSectors: UInt64(sectors),
                     status: chain.status))
         }
+    }
+
+    /// Every iovec's address and length fit `O_DIRECT` (the guest chooses its buffers; virtio
+    /// sets no alignment rule, and Linux sends sector-aligned ones, so this is nearly always true).
+    @inline(__always)
+    private func isAligned(_ storage: UnsafeMutableBufferPointer<iovec>, count: Int) -> Bool {
+        guard bounceAlignment > 1 else { return true }
+        let mask = UInt(bounceAlignment - 1)
+        for i in 0..<count where (UInt(bitPattern: storage[i].iov_base) | UInt(storage[i].iov_len)) & mask != 0 {
+            return false
+        }
+        return true
     }
 
     /// GET_ID: the serial (at most 20 bytes, as many as the guest's buffer holds) into the

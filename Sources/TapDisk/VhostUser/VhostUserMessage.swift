@@ -33,13 +33,19 @@ package struct VhostUserMessage: ~Copyable {
     /// The header is judged before the payload is read, so a hostile size never makes us read
     /// (or allocate) more than `VhostUserLimits.maxPayload` bytes. Blocks until the whole message
     /// is in: QEMU writes a message with one sendmsg, so this waits at most a scheduling hiccup.
-    package static func receive(from socket: Int32) throws(VhostUserError) -> VhostUserMessage? {
+    /// Once the first bytes are in, the whole message must arrive within `deadlineMilliseconds`
+    /// (0: no limit), so a peer dripping it byte by byte cannot hold the caller's thread.
+    package static func receive(from socket: Int32, deadlineMilliseconds: Int32 = 0) throws(VhostUserError)
+        -> VhostUserMessage?
+    {
+        var deadline: Int64 = 0
         var headerBytes = (UInt32(0), UInt32(0), UInt32(0))
         var fds = [Int32](repeating: -1, count: VhostUserLimits.maxMemoryRegions)
         var fdCount: Int32 = 0
         let n = withUnsafeMutableBytes(of: &headerBytes) { h in
             fds.withUnsafeMutableBufferPointer { f in
-                clibaio_vhost_recv_header(socket, h.baseAddress, 12, f.baseAddress, Int32(f.count), &fdCount)
+                clibaio_vhost_recv_header(
+                    socket, h.baseAddress, 12, f.baseAddress, Int32(f.count), &fdCount, &deadline, deadlineMilliseconds)
             }
         }
         let kept = Int(min(fdCount, Int32(VhostUserLimits.maxMemoryRegions)))
@@ -51,7 +57,9 @@ package struct VhostUserMessage: ~Copyable {
         if Int(fdCount) > kept { throw .badDescriptorCount(request, count: Int(fdCount)) }
         var payload = [UInt8](repeating: 0, count: Int(header.size))
         var stray: Int32 = 0
-        let p = payload.withUnsafeMutableBytes { clibaio_vhost_recv_payload(socket, $0.baseAddress, $0.count, &stray) }
+        let p = payload.withUnsafeMutableBytes {
+            clibaio_vhost_recv_payload(socket, $0.baseAddress, $0.count, &stray, &deadline, deadlineMilliseconds)
+        }
         if p < 0 { throw p == -Int(ECONNRESET) ? .truncated : .system(Errno(rawValue: Int32(-p))) }
         if stray > 0 { throw .badDescriptorCount(request, count: Int(fdCount + stray)) }
         return try VhostUserMessage(header: header, payload: payload, descriptors: owned)

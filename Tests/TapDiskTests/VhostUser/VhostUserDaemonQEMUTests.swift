@@ -8,7 +8,8 @@ import Testing
 /// serves the virtqueue. What the other suites do not cover: QEMU killed in the middle of its
 /// I/O and a new QEMU served after the drain, a read-only disk, polling on, and `ctl` while a
 /// guest is attached.
-@Suite(.serialized, .enabled(if: VhostUserGuest.available, "needs root, qemu-system-x86_64 and `scripts/guest.sh build`"))
+@Suite(
+    .serialized, .enabled(if: VhostUserGuest.available, "needs root, qemu-system-x86_64 and `scripts/guest.sh build`"))
 struct VhostUserDaemonQEMUTests {
     /// A daemon serving a fresh sparse image over vhost-user (the image is removed with it).
     private func daemon(imageBytes: Int, arguments: [String] = []) throws -> (DaemonProcess, String) {
@@ -45,13 +46,15 @@ struct VhostUserDaemonQEMUTests {
             let s = try status(d)
             return s["state"] == .string("idle") && s["attached"] == .bool(false) && s["in-flight"] == .integer(0)
         }
-        #expect(idle, "not idle after QEMU was killed: \(try status(d))")
+        let after = try status(d)
+        #expect(idle, "not idle after QEMU was killed: \(after)")
         let answeredBefore = try stats(d, "responses-okay")
         let (rc, output) = try boot(vhost)
         #expect(rc == 0, "\(output.suffix(3000))")
         #expect(output.contains("checksum written=") && output.contains("serial=tapdiskd"))
         #expect(try stats(d, "responses-okay") > answeredBefore)
-        #expect(try stats(d, "responses-error") == 0 && stats(d, "invalid-requests") == 0)
+        #expect(try stats(d, "responses-error") == 0)
+        #expect(try stats(d, "invalid-requests") == 0)
         #expect(try stats(d, "flush-requests") > 0)
         #expect(d.log.contains("vhost-user front-end gone"))
         d.signal(SIGTERM)
@@ -59,7 +62,9 @@ struct VhostUserDaemonQEMUTests {
         let fsck = try Shell.run(["e2fsck", "-fn", d.imagePath])
         #expect(fsck.status == 0, "\(fsck.stdout)\(fsck.stderr)")
         #expect(!FileManager.default.fileExists(atPath: vhost), "the vhost-user socket file outlived the daemon")
-        print("vhost-user daemon reconnect: \(try? String(contentsOfFile: d.logPath, encoding: .utf8).split(separator: "\n").count) log lines, killed rc \(killed)")
+        print(
+            "vhost-user daemon reconnect: \(try? String(contentsOfFile: d.logPath, encoding: .utf8).split(separator: "\n").count) log lines, killed rc \(killed)"
+        )
     }
 
     @Test(.timeLimit(.minutes(3))) func readOnlyDiskRefusesTheGuestsWrites() throws {
@@ -77,7 +82,8 @@ struct VhostUserDaemonQEMUTests {
         let (rc, output) = try boot(vhost, script: script)
         #expect(rc == 0, "\(output.suffix(3000))")
         #expect(output.contains("ro=1") && output.contains("read-ok") && output.contains("write-refused"))
-        #expect(try stats(d, "read-requests") > 0 && stats(d, "write-requests") == 0)
+        #expect(try stats(d, "read-requests") > 0)
+        #expect(try stats(d, "write-requests") == 0)
     }
 
     /// Polling on: the loop spins on the virtqueue and the AIO ring instead of sleeping, and must
@@ -110,7 +116,10 @@ struct VhostUserDaemonQEMUTests {
         """.write(toFile: script, atomically: true, encoding: .utf8)
         let guest = Thread {
             _ = try? Shell.run(
-                ["/usr/bin/env", VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh").path, "run", vhost, script])
+                [
+                    "/usr/bin/env", VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh").path, "run",
+                    vhost, script,
+                ])
         }
         guest.start()
         let attached = try DaemonTest.waitUntil(seconds: 60) { try status(d)["attached"] == .bool(true) }
@@ -128,6 +137,7 @@ struct VhostUserDaemonQEMUTests {
         #expect(try d.client().call("resume")["ok"] == .bool(true))
         let done = try DaemonTest.waitUntil(seconds: 90) { try status(d)["attached"] == .bool(false) }
         #expect(done, "the guest did not finish")
-        #expect(try stats(d, "write-requests") >= 40 && stats(d, "responses-error") == 0)
+        #expect(try stats(d, "write-requests") >= 40)
+        #expect(try stats(d, "responses-error") == 0)
     }
 }
