@@ -194,6 +194,7 @@ extension Daemon {
             return nil
         }.first
         let completedBase = responsesBefore ?? engine.counters.responses
+        let front = engine.front
         let reqCons = loop.finishDetach()
         owner = nil
         if vhostListenerFD >= 0 { vhostUserDetached() }
@@ -206,6 +207,9 @@ extension Daemon {
                 ControlReply.ok(fields: ["completed": .uint(completed), "req-cons": .uint(UInt64(reqCons))], tag: tag))
             readRequests(connection)
         }
-        logger.info("detached", metadata: ["image": "\(config.imagePath)", "req-cons": "\(reqCons)"])
+        logger.info(
+            "detached",
+            metadata: ["image": "\(config.imagePath)", "front": "\(front.name)"].merging(
+                front == .blkif ? ["req-cons": "\(reqCons)"] : [:], uniquingKeysWith: { a, _ in a }))
     }
 }

@@ -63,6 +63,7 @@ extension Daemon {
                 "vhost-user connection refused: the disk is busy", metadata: ["image": "\(config.imagePath)"])
             return
         }
+        logger.info("vhost-user front-end connected", metadata: ["image": "\(config.imagePath)"])
         do {
             _ = try Errno.check(clibaio_stream_set_blocking_timeouts(fd, Self.vhostStallMilliseconds))
             try engine.attachVirtio(vhostConfiguration)
@@ -74,7 +75,6 @@ extension Daemon {
         }
         loop.remove(vhostListenerFD)
         vhostConnection = consume connection
-        logger.info("vhost-user front-end connected", metadata: ["image": "\(config.imagePath)"])
     }
 
     /// One message per readiness (level-triggered epoll comes back for the next).

@@ -69,10 +69,10 @@ final class DaemonProcess: @unchecked Sendable {
 
     /// A daemon serving a fresh sparse temporary image of `imageBytes`; the daemon is killed and
     /// the image removed when the fixture goes away, so tests need no clean-up of their own.
-    convenience init(imageBytes: Int, arguments: [String] = []) throws {
+    convenience init(imageBytes: Int, arguments: [String] = [], directory: String? = nil) throws {
         let image = try EngineHarness.makeTemporaryImage(bytes: imageBytes)
         do {
-            try self.init(image: image, arguments: arguments)
+            try self.init(image: image, arguments: arguments, directory: directory)
         } catch {
             unlink(image)
             throw error

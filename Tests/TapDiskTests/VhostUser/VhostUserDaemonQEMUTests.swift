@@ -15,7 +15,8 @@ struct VhostUserDaemonQEMUTests {
     private func daemon(imageBytes: Int, arguments: [String] = []) throws -> (DaemonProcess, String) {
         let directory = DaemonProcess.makeDirectory()
         let vhost = directory + "/vhost.sock"
-        let d = try DaemonProcess(imageBytes: imageBytes, arguments: ["--vhost-user-blk", vhost] + arguments)
+        let d = try DaemonProcess(
+            imageBytes: imageBytes, arguments: ["--vhost-user-blk", vhost] + arguments, directory: directory)
         return (d, vhost)
     }
 
