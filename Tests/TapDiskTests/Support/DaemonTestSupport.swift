@@ -147,6 +147,20 @@ enum DaemonTest {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }
 
+    /// The fewest fds the daemon held over `milliseconds`: a baseline that does not count a
+    /// connection the daemon has not yet seen close (DaemonProcess's start-up probe, say). On a
+    /// loaded machine that close can be processed long after it happened, and a baseline that
+    /// includes it never comes back.
+    static func settledFDCount(pid: Int32, milliseconds: Int = 300) -> Int {
+        var fewest = Int.max
+        let until = MonotonicClock.nanoseconds() + UInt64(milliseconds) * 1_000_000
+        repeat {
+            fewest = min(fewest, fdCount(pid: pid))
+            usleep(20_000)
+        } while MonotonicClock.nanoseconds() < until
+        return fewest
+    }
+
     /// A memfd of `bytes` with `seals` added (`nil`: created without MFD_ALLOW_SEALING).
     static func memfd(bytes: Int, seals: Int32?) throws -> FileDescriptor {
         let flags = clibaio_MFD_CLOEXEC | (seals == nil ? 0 : clibaio_MFD_ALLOW_SEALING)

@@ -57,13 +57,7 @@ final class VhostUserTestDaemon {
     /// The daemon's open fds once the control connections of earlier checks have closed (their
     /// daemon side closes asynchronously): the fewest seen over `milliseconds`.
     func settledFDCount(milliseconds: Int = 300) -> Int {
-        var fewest = Int.max
-        let until = MonotonicClock.nanoseconds() + UInt64(milliseconds) * 1_000_000
-        repeat {
-            fewest = min(fewest, DaemonTest.fdCount(pid: pid))
-            usleep(20_000)
-        } while MonotonicClock.nanoseconds() < until
-        return fewest
+        DaemonTest.settledFDCount(pid: pid, milliseconds: milliseconds)
     }
 
     /// Expects no more fds than `baseline` (taken with `settledFDCount` while idle).
