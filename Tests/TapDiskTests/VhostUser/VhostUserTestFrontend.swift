@@ -42,6 +42,8 @@ final class VhostUserTestFrontend {
     let queueSize: Int
     /// Seconds any single answer may take.
     let timeout: Double
+    /// Feature bits asked for on top of `wantedFeatures` when offered (DISCARD, WRITE_ZEROES).
+    var extraFeatures: UInt64 = 0
     private(set) var offeredFeatures: UInt64 = 0
     private(set) var features: UInt64 = 0
     private(set) var protocolFeatures: UInt64 = 0
@@ -181,7 +183,7 @@ final class VhostUserTestFrontend {
         protocolFeatures = offeredProtocol & (VhostUserProtocolFeatures.replyAck | VhostUserProtocolFeatures.config)
         try send(.setProtocolFeatures, payload: VhostUserTest.le(protocolFeatures))
         try setUp(.setOwner)
-        features = offeredFeatures & Self.wantedFeatures
+        features = offeredFeatures & (Self.wantedFeatures | extraFeatures)
         try setUp(.setFeatures, payload: VhostUserTest.le(features))
         if protocolFeatures & VhostUserProtocolFeatures.config != 0 { try readConfig() }
     }
@@ -211,6 +213,16 @@ final class VhostUserTestFrontend {
         try setUp(.setVringCall, payload: VhostUserTest.le(UInt64(0)), fds: [callFD.rawValue])
         try setUp(.setVringKick, payload: VhostUserTest.le(UInt64(0)), fds: [kickFD.rawValue])
         try setUp(.setVringEnable, payload: Self.state(1))
+    }
+
+    /// `setUpRing` with avail->idx, used->idx and last_avail_idx all at `index`, as a ring
+    /// handed over mid-life (after a reconnect or a migration) is: a run that starts near 65535
+    /// crosses the 16-bit wrap of the indices.
+    func setUpRing(startingAt index: UInt16) throws {
+        ring.setAvailableIndex(index)
+        ring.setUsedIndex(index)
+        seenUsed = index
+        try setUpRing(base: index)
     }
 
     /// The whole set-up: after this the daemon takes requests from the ring.
