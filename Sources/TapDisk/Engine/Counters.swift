@@ -7,6 +7,8 @@ package struct Counters: Sendable, Equatable {
     package var flushRequests: UInt64 = 0
     package var barrierRequests: UInt64 = 0
     package var discardRequests: UInt64 = 0
+    /// virtio GET_ID (the disk's serial, answered by the front without I/O).
+    package var idRequests: UInt64 = 0
     package var readBytes: UInt64 = 0
     package var writeBytes: UInt64 = 0
     package var discardBytes: UInt64 = 0
@@ -30,8 +32,8 @@ package struct Counters: Sendable, Equatable {
     package init() {}
 
     package var consumed: UInt64 {
-        readRequests + writeRequests + flushRequests + barrierRequests + discardRequests + invalidRequests
-            + unsupportedRequests
+        readRequests + writeRequests + flushRequests + barrierRequests + discardRequests + idRequests
+            + invalidRequests + unsupportedRequests
     }
 
     package var responses: UInt64 { responsesOkay + responsesError + responsesNotSupported }
@@ -50,6 +52,7 @@ package struct Counters: Sendable, Equatable {
             ("short-completions", shortCompletions), ("resubmitted-requests", resubmittedRequests),
             ("responses-okay", responsesOkay), ("responses-error", responsesError),
             ("responses-eopnotsupp", responsesNotSupported), ("in-flight", inFlight), ("held", held),
+            ("id-requests", idRequests),
         ]
     }
 }

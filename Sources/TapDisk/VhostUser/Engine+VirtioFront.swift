@@ -106,6 +106,7 @@ extension Engine {
                 chain.head, status == .unsupported ? .notSupported : .error, statusByte: chain.status, writtenBytes: 1)
         case .getID(let bytes):
             table.release(index)
+            counters.idRequests += 1
             let written = copySerial(
                 into: storage, from: chain.readableSegments, count: chain.writableSegments, max: bytes)
             answerHead(chain.head, .okay, statusByte: chain.status, writtenBytes: UInt32(written) + 1)

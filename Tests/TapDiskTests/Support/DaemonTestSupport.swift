@@ -59,6 +59,7 @@ enum DaemonTest {
         "read-bytes", "write-bytes", "discard-bytes", "read-errors", "write-errors", "flush-errors",
         "discard-errors", "nospace-errors", "invalid-requests", "unsupported-requests", "short-completions",
         "resubmitted-requests", "responses-okay", "responses-error", "responses-eopnotsupp", "in-flight", "held",
+        "id-requests",
     ]
 
     struct Counters {
@@ -67,7 +68,7 @@ enum DaemonTest {
         var consumed: UInt64 {
             [
                 "read-requests", "write-requests", "flush-requests", "barrier-requests", "discard-requests",
-                "invalid-requests", "unsupported-requests",
+                "id-requests", "invalid-requests", "unsupported-requests",
             ].reduce(0) { $0 + self[$1] }
         }
         var responses: UInt64 { self["responses-okay"] + self["responses-error"] + self["responses-eopnotsupp"] }
