@@ -190,7 +190,9 @@ extension Engine {
         ioStatus = syncFailed || !errno.isNoSpace ? .failed : .nospace
         let op = record.pointee.operation
         let policyApplies = op == .read || op == .write || op.isRangeOperation
-        let canHold = state == .running || state.isPaused
+        // Not while the front is stopped for a vhost-user message that waits for the drain: QEMU
+        // blocks until that message is answered, so nothing may be held then.
+        let canHold = (state == .running || state.isPaused) && !frontStopped
         let action: FailureAction = policyApplies && canHold ? policy.action(for: errno) : .report
         onEvent(.ioError(operation: op.eventName, errno: errno, action: action, sector: record.pointee.sector))
         if action == .pause {

@@ -192,6 +192,10 @@ extension Engine {
                 }
             byte.write(to: statusByte)
         }
-        vhost.complete(head: head, writtenBytes: writtenBytes)
+        if !vhost.complete(head: head, writtenBytes: writtenBytes) {
+            // The head was not in flight: an engine bug, never guest input. Stop serving rather
+            // than go on with the queue and the records out of step.
+            halt("virtqueue: head \(head) answered but not in flight")
+        }
     }
 }

@@ -22,6 +22,9 @@ package enum VhostUserDeviceError: Error, Equatable, Sendable {
     case requestsInFlight(Int)
     /// A GET_CONFIG window outside the 256-byte config space.
     case badConfigWindow(offset: UInt32, size: UInt32)
+    /// A kick or call fd that is not a counting eventfd (or a kick without any fd): a pipe or
+    /// socket could block the daemon's one thread or make epoll report it ready forever.
+    case badEventFD(VhostUserRequest)
 }
 
 /// The control plane of one vhost-user-blk connection: answers the front-end's messages and owns
@@ -137,7 +140,7 @@ package struct VhostUserDevice: ~Copyable {
                 try setMemoryTable(&m)
             case .setVringNum:
                 let s = try vring(decode { () throws(VhostUserError) in try m.vringState() })
-                guard s.num > 0, s.num <= configuration.maxQueueSize else {
+                guard s.num > 0, s.num & (s.num - 1) == 0, s.num <= configuration.maxQueueSize else {
                     throw VhostUserDeviceError.queue(.badSize(s.num))
                 }
                 queueSize = s.num
@@ -161,17 +164,24 @@ package struct VhostUserDevice: ~Copyable {
             case .setVringKick:
                 let f = try decode { () throws(VhostUserError) in try m.vringFile() }
                 _ = try vring(VhostUserVringState(index: f.index, num: 0))
-                kick = nil
-                kickRawValue = -1
-                if f.hasDescriptor, let fd = m.descriptors.take(0) {
-                    kickRawValue = fd.rawValue
-                    kick = consume fd
-                }
-                try startQueue()
+                // No polling mode: the disk's loop sleeps in epoll and needs the kick.
+                guard f.hasDescriptor, let fd = m.descriptors.take(0) else { throw .badEventFD(.setVringKick) }
+                try Self.checkEventFD(fd, .setVringKick)
+                kickRawValue = fd.rawValue
+                kick = consume fd
+                // A running ring only changes its kick: rebuilding it would forget the chains in
+                // flight (their heads could be handed out again, and the drain guards, which count
+                // the queue's in-flight chains, would let guest memory be unmapped under them).
+                if queue == nil { try startQueue() }
             case .setVringCall:
                 let f = try decode { () throws(VhostUserError) in try m.vringFile() }
                 _ = try vring(VhostUserVringState(index: f.index, num: 0))
-                call = f.hasDescriptor ? m.descriptors.take(0) : nil
+                if f.hasDescriptor, let fd = m.descriptors.take(0) {
+                    try Self.checkEventFD(fd, .setVringCall)
+                    call = consume fd
+                } else {
+                    call = nil
+                }
             case .setVringErr:
                 _ = try vring(
                     VhostUserVringState(
@@ -226,13 +236,30 @@ package struct VhostUserDevice: ~Copyable {
 
     private mutating func startQueue() throws(VhostUserDeviceError) {
         guard !memory.isEmpty, queueSize > 0, let addresses else { throw .ringNotConfigured }
-        queue = nil
+        let fresh: SplitVirtqueue
         do throws(VirtqueueSetupError) {
-            queue = try SplitVirtqueue(
+            fresh = try SplitVirtqueue(
                 size: queueSize, addresses: addresses, lastAvailableIndex: base, features: features, memory: memory,
                 limits: VirtqueueLimits(maxChainBytes: configuration.maxChainBytes))
         } catch {
             throw .queue(error)
+        }
+        queue = consume fresh
+    }
+
+    /// A kick or call fd must be a counting eventfd; it is made non-blocking (QEMU's already
+    /// are: the flag is on the shared open file, so this changes nothing for QEMU), so that a
+    /// saturated counter makes our write fail instead of blocking the disk's one thread.
+    private static func checkEventFD(_ fd: borrowing FileDescriptor, _ request: VhostUserRequest)
+        throws(VhostUserDeviceError)
+    {
+        var semaphore: Int32 = 0
+        guard clibaio_fd_is_eventfd(fd.rawValue, &semaphore) == 1, semaphore == 0 else {
+            throw .badEventFD(request)
+        }
+        let flags = fcntl(fd.rawValue, F_GETFL)
+        guard flags >= 0, flags & O_NONBLOCK != 0 || fcntl(fd.rawValue, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            throw .badEventFD(request)
         }
     }
 
@@ -274,7 +301,9 @@ package struct VhostUserDevice: ~Copyable {
 
     /// Signals the call eventfd when the guest wants an interrupt for what was completed.
     package mutating func notifyIfNeeded() {
-        guard queue != nil, queue!.shouldNotify(), call != nil else { return }
+        // The call fd first: without one, `shouldNotify` must not advance what was signalled,
+        // or completions made meanwhile would never be announced once a call fd arrives.
+        guard queue != nil, call != nil, queue!.shouldNotify() else { return }
         call!.signal()
     }
 
@@ -289,7 +318,8 @@ package struct VhostUserDevice: ~Copyable {
 
     /// Re-arms guest kicks; true when buffers arrived meanwhile (pop again before sleeping).
     package func enableNotifications() -> Bool {
-        guard queue != nil else { return false }
+        // A disabled ring cannot be popped: reporting its entries would make the loop spin.
+        guard enabled, queue != nil else { return false }
         return queue!.enableNotifications()
     }
 }

@@ -131,6 +131,28 @@ import Testing
         daemon.expectRecovery("after GET_VRING_BASE")
     }
 
+    // Review finding: writes that fail while GET_VRING_BASE waits for the drain were held under
+    // `--on-nospace pause`, so QEMU, which blocks until that reply, waited for the pause
+    // timeout (here: forever). They are answered IOERR instead, and the reply comes.
+    @Test func getVringBaseIsAnsweredWhileWritesFailUnderPause() throws {
+        let daemon = try VhostUserTestDaemon(
+            arguments: ["--on-nospace", "pause", "--pause-timeout", "0"],
+            environment: ["TAPDISK_FAULTS": "write:ENOSPC:32"])
+        let f = try daemon.started()
+        _ = publishWrites(f)
+        try f.send(.getVringBase, payload: Frontend.state(0))
+        let reply = try f.reply(to: .getVringBase)
+        try #require(reply.count == 8)
+        let base = Frontend.u32(reply, 4)
+        f.collect()
+        print("vhost-user GET_VRING_BASE while 32 writes fail under pause: base \(base), answered \(f.used.count)")
+        #expect(Int(base) == f.used.count && f.used.count == 32, "base \(base), \(f.used.count) used")
+        for i in 0..<32 { #expect(f.status(3 * i) == VirtioBlkStatus.ioError.rawValue, "write \(i)") }
+        #expect(f.overAnswered.isEmpty, "\(f.overAnswered)")
+        f.disconnect()
+        daemon.expectRecovery("after GET_VRING_BASE under pause")
+    }
+
     // `ctl detach` takes the disk from a vhost-user front-end: the chains it took are answered
     // once, its connection is closed, and the next front-end is served.
     @Test func detachEndsTheConnection() throws {

@@ -197,4 +197,91 @@ import Testing
         device.reset()
         #expect(device.memory.isEmpty && !device.hasCallDescriptor && device.features == 0)
     }
+
+    /// Review finding: SET_VRING_KICK on a running ring rebuilt it, forgetting the chain in
+    /// flight (the drain guards then let SET_MEM_TABLE unmap guest memory under it, and its head
+    /// could be handed out again). Now it only swaps the kick.
+    @Test func newKickKeepsTheRunningRingAndItsChainsInFlight() throws {
+        var device = VhostUserDevice(configuration: Self.configuration)
+        let call = try FileDescriptor.eventFD()
+        try start(&device, call: call)
+        let mem = device.memory.translate(guestPhysical: Self.regionBase, length: 0x10_0000)!
+        (mem + 0x8000).storeBytes(of: VirtioBlkType.flush, as: UInt32.self)
+        (mem + 0).storeBytes(of: Self.regionBase + 0x8000, as: UInt64.self)
+        (mem + 8).storeBytes(of: UInt32(16), as: UInt32.self)
+        (mem + 12).storeBytes(of: UInt16(1), as: UInt16.self)
+        (mem + 14).storeBytes(of: UInt16(1), as: UInt16.self)
+        (mem + 16).storeBytes(of: Self.regionBase + 0x8010, as: UInt64.self)
+        (mem + 24).storeBytes(of: UInt32(1), as: UInt32.self)
+        (mem + 28).storeBytes(of: UInt16(2), as: UInt16.self)
+        (mem + 0x1000).storeBytes(of: UInt16(1), toByteOffset: 2, as: UInt16.self)
+        let iov = IovecStorage(Self.configuration.iovecCapacity)
+        _ = try #require(device.pop(into: iov.buffer).chain)
+        let newKick = try FileDescriptor.eventFD()
+        _ = try device.handle(message(.setVringKick, payload: T.le(UInt64(0)), fds: [newKick.release()]))
+        let (inFlight, last) = (device.inFlight, device.lastAvailableIndex)
+        #expect(inFlight == 1 && last == 1, "the ring was rebuilt")
+        let memfd = try T.memfd(bytes: 0x10_0000)
+        let table = T.memoryTablePayload([
+            VhostUserMemoryRegion(
+                guestPhysicalAddress: Self.regionBase, size: 0x10_0000, userAddress: Self.userBase, mmapOffset: 0)
+        ])
+        let remap = try message(.setMemTable, payload: table, fds: [memfd.release()])
+        let mustWait = device.mustWaitForDrain(remap)
+        #expect(mustWait, "guest memory could be unmapped under a chain in flight")
+        let completed = device.complete(head: 0, writtenBytes: 1)
+        #expect(completed)
+    }
+
+    /// Review finding: kick and call fds were adopted unchecked. A pipe as the call fd could
+    /// block the daemon's one thread in write(); a dead pipe as the kick would keep epoll ready.
+    @Test func kickAndCallMustBeCountingEventFDsAndBecomeNonBlocking() throws {
+        var device = VhostUserDevice(configuration: Self.configuration)
+        let call = try FileDescriptor.eventFD()
+        try start(&device, call: call)
+        var pipeFDs: [Int32] = [-1, -1]
+        #expect(pipe(&pipeFDs) == 0)
+        #expect(throws: VhostUserDeviceError.badEventFD(.setVringCall)) {
+            _ = try device.handle(message(.setVringCall, payload: T.le(UInt64(0)), fds: [pipeFDs[1]]))
+        }
+        #expect(throws: VhostUserDeviceError.badEventFD(.setVringKick)) {
+            _ = try device.handle(message(.setVringKick, payload: T.le(UInt64(0)), fds: [pipeFDs[0]]))
+        }
+        // No fd at all (VHOST_USER_VRING_NOFD_MASK): no polling mode here.
+        #expect(throws: VhostUserDeviceError.badEventFD(.setVringKick)) {
+            _ = try device.handle(message(.setVringKick, payload: T.le(UInt64(0x100))))
+        }
+        let semaphore = try FileDescriptor.eventFD(semaphore: true)
+        #expect(throws: VhostUserDeviceError.badEventFD(.setVringCall)) {
+            _ = try device.handle(
+                message(.setVringCall, payload: T.le(UInt64(0)), fds: [semaphore.duplicate().release()]))
+        }
+        // A blocking eventfd is accepted and made non-blocking (the flag is on the shared file).
+        let blocking = try FileDescriptor.eventFD()
+        _ = fcntl(blocking.rawValue, F_SETFL, fcntl(blocking.rawValue, F_GETFL) & ~O_NONBLOCK)
+        _ = try device.handle(message(.setVringCall, payload: T.le(UInt64(0)), fds: [blocking.duplicate().release()]))
+        #expect(fcntl(blocking.rawValue, F_GETFL) & O_NONBLOCK != 0)
+    }
+
+    /// Review finding: a ring that was set up but not enabled reported its available entries to
+    /// the final check although `pop` cannot take them: the loop spun.
+    @Test func aDisabledRingReportsNothingToTake() throws {
+        var device = VhostUserDevice(configuration: Self.configuration)
+        let call = try FileDescriptor.eventFD()
+        try start(&device, call: call)
+        let mem = device.memory.translate(guestPhysical: Self.regionBase, length: 0x10_0000)!
+        _ = try device.handle(message(.setVringEnable, payload: state(0, 0)))
+        (mem + 0x1000).storeBytes(of: UInt16(1), toByteOffset: 2, as: UInt16.self)
+        let iov = IovecStorage(Self.configuration.iovecCapacity)
+        let popped = device.pop(into: iov.buffer).isEmpty
+        let (more, available) = (device.enableNotifications(), device.hasAvailable)
+        #expect(popped && !more && !available)
+    }
+
+    @Test func queueSizeMustBeAPowerOfTwo() throws {
+        var device = VhostUserDevice(configuration: Self.configuration)
+        #expect(throws: VhostUserDeviceError.queue(.badSize(3))) {
+            _ = try device.handle(message(.setVringNum, payload: state(0, 3)))
+        }
+    }
 }

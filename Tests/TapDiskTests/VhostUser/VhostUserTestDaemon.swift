@@ -16,14 +16,16 @@ final class VhostUserTestDaemon {
     /// The first `patternBytes` of the image hold `pattern(offset)`; the rest is a hole.
     static let patternBytes = 1 << 20
 
-    init(arguments: [String] = []) throws {
+    init(arguments: [String] = [], environment: [String: String] = [:]) throws {
         let dir = DaemonProcess.makeDirectory()
         imagePath = dir + "/image"
         vhostSocket = dir + "/vhost.sock"
         do {
             try Self.writeImage(imagePath)
             process = try DaemonProcess(
-                image: imagePath, arguments: ["--vhost-user-blk", vhostSocket] + arguments, directory: dir)
+                image: imagePath, arguments: ["--vhost-user-blk", vhostSocket] + arguments, directory: dir,
+                environment: environment.isEmpty
+                    ? nil : ProcessInfo.processInfo.environment.merging(environment) { _, new in new })
         } catch {
             try? FileManager.default.removeItem(atPath: dir)
             throw error
