@@ -40,6 +40,8 @@ package final class Engine {
     /// iovecs one chain may fill (kept here: reading `vhost.configuration` per pop would copy
     /// its serial array, ARC traffic on the request path).
     @exclusivity(unchecked) var virtioSegments = 0
+    /// The virtqueue that halted the disk (`VhostUserDevice.queueStarts` then), or nil.
+    var brokenQueueStart: UInt64? = nil
     /// Guest buffers must be aligned to this for `O_DIRECT` (0: the image is not opened
     /// `O_DIRECT`, anything goes); misaligned ones are bounced (Engine+Bounce.swift).
     @exclusivity(unchecked) var bounceAlignment = 0

@@ -27,6 +27,7 @@ extension Engine {
         attachGeneration &+= 1
         barrierIndex = nil
         frontStopped = false
+        brokenQueueStart = nil
         setState(.running)
     }
 
@@ -43,6 +44,13 @@ extension Engine {
             if kick != kickFD {
                 kickFD = kick
                 attachGeneration &+= 1
+            }
+            // A ring broken by the guest halted the disk; a ring set up anew (QEMU does so when
+            // the guest resets its driver or reboots) is served again, as a blkif frontend is
+            // after a new attach.
+            if state == .halted, let broken = brokenQueueStart, vhost.queueStarts != broken, vhost.isRunning {
+                brokenQueueStart = nil
+                setState(.running)
             }
             service()
         }
@@ -79,6 +87,7 @@ extension Engine {
                 return
             case .broken(let fault):
                 table.release(index)
+                brokenQueueStart = vhost.queueStarts
                 halt("virtqueue: \(fault)")
                 return
             case .malformed(let head, _, let status):

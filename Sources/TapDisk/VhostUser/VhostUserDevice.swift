@@ -47,6 +47,9 @@ package struct VhostUserDevice: ~Copyable {
     package private(set) var kick: FileDescriptor?
     private var kickRawValue: Int32 = -1
     package private(set) var call: FileDescriptor?
+    /// Counts rings built (SET_VRING_KICK, SET_MEM_TABLE): a broken ring's fault is sticky only
+    /// until the front-end sets a new one up.
+    package private(set) var queueStarts: UInt64 = 0
 
     package init(configuration: VhostUserDeviceConfiguration) { self.configuration = configuration }
 
@@ -245,6 +248,7 @@ package struct VhostUserDevice: ~Copyable {
             throw .queue(error)
         }
         queue = consume fresh
+        queueStarts &+= 1
     }
 
     /// A kick or call fd must be a counting eventfd; it is made non-blocking (QEMU's already

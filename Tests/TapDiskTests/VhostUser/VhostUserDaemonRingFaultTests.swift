@@ -42,6 +42,13 @@ import Testing
         #expect(f.usedDuring(milliseconds: 500) == 0, "a broken ring was served again")
         print("vhost-user \(fault): state after the violation \(daemon.state() ?? "no answer")")
         #expect(f.overAnswered.isEmpty)
+        // The guest resets its driver (or reboots): QEMU stops the ring and sets up a fresh one
+        // on the same connection. That ring is served, as a blkif frontend is after a new attach.
+        try f.send(.getVringBase, payload: Frontend.state(0))
+        _ = try f.reply(to: .getVringBase)
+        try f.setUpRing(startingAt: f.ring.availableIndex)
+        #expect(daemon.waitForState("running"), "still \(daemon.state() ?? "no answer") after a new ring")
+        #expect(VhostUserTestDaemon.expectServes(f, "on the new ring after \(fault)"))
         f.disconnect()
         daemon.expectRecovery("after \(fault)")
     }
