@@ -39,6 +39,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Fuzz targets (docs/fuzzing.md): a plain build makes corpus replayers; scripts/fuzz.sh
+        // rebuilds them with libFuzzer in .build/fuzz.
+        .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
+        .executableTarget(
+            name: "ControlRequestFuzzer", dependencies: ["TapDisk", "FuzzSupport"], path: "Fuzz/ControlRequestFuzzer"),
+        .executableTarget(
+            name: "VhostMessageFuzzer", dependencies: ["TapDisk", "FuzzSupport"], path: "Fuzz/VhostMessageFuzzer"),
+        .executableTarget(
+            name: "VirtqueueFuzzer", dependencies: ["TapDisk", "CLibAIO", "FuzzSupport"],
+            path: "Fuzz/VirtqueueFuzzer"),
+        .executableTarget(
+            name: "BlkifValidatorFuzzer", dependencies: ["TapDisk", "CLibAIO", "FuzzSupport"],
+            path: "Fuzz/BlkifValidatorFuzzer"),
         .testTarget(
             name: "TapDiskTests",
             dependencies: ["TapDisk", "CLibAIO"],
