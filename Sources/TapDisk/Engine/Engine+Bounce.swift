@@ -44,6 +44,7 @@ extension Engine {
                 memcpy(guest, buffer + at, n)
             }
         }
+        bouncedBytesThisService += remaining
         // A failure after some bytes moved is still a failure of the request.
         complete(index, result: error != 0 ? -Int64(error) : Int64(done))
     }

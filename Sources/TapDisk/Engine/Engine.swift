@@ -40,6 +40,11 @@ package final class Engine {
     /// iovecs one chain may fill (kept here: reading `vhost.configuration` per pop would copy
     /// its serial array, ARC traffic on the request path).
     @exclusivity(unchecked) var virtioSegments = 0
+    /// Bytes moved through the bounce buffer in this `service()`; past `bounceBytesPerService`
+    /// the loop gets its turn (bounced I/O is synchronous: control, signals and vhost-user
+    /// messages must not wait behind a guest that sends nothing but misaligned buffers).
+    @exclusivity(unchecked) var bouncedBytesThisService = 0
+    static let bounceBytesPerService = 8 << 20
     /// The virtqueue that halted the disk (`VhostUserDevice.queueStarts` then), or nil.
     var brokenQueueStart: UInt64? = nil
     /// Guest buffers must be aligned to this for `O_DIRECT` (0: the image is not opened
@@ -156,6 +161,7 @@ package final class Engine {
             needsService = false
             return false
         }
+        bouncedBytesThisService = 0
         for _ in 0..<roundsPerService {
             reapCompletions()
             startBarrierIfReady()
@@ -168,7 +174,7 @@ package final class Engine {
             #if DEBUG
                 afterRoundForTesting?()
             #endif
-            if submitBackoff {
+            if submitBackoff || bouncedBytesThisService >= Self.bounceBytesPerService {
                 needsService = true
                 return true
             }

@@ -98,6 +98,7 @@ extension Engine {
                 start(chain, index: index, storage: storage)
             }
             if table.queueCount >= Self.submitBatch && !submitBackoff { submitQueued() }
+            if bouncedBytesThisService >= Self.bounceBytesPerService { return }
         }
     }
 
