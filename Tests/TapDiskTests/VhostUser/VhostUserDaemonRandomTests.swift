@@ -14,27 +14,6 @@ import Testing
     typealias Frontend = VhostUserTestFrontend
     static let queueSize = 16
 
-    private static func address(_ rng: inout SplitMix) -> UInt64 {
-        switch rng.next() % 8 {
-        case 0: return UInt64.max - rng.next() % 64
-        case 1: return rng.next() % Ring.base  // below the region
-        case 2: return Ring.base + Ring.bytes - rng.next() % 64  // straddling the end
-        case 3: return Ring.indirect(16 * (rng.next() % 4))  // the indirect area
-        default: return Ring.data(rng.next() % 0x8_0000)
-        }
-    }
-
-    private static func length(_ rng: inout SplitMix) -> UInt32 {
-        switch rng.next() % 8 {
-        case 0: return 0
-        case 1: return 1
-        case 2: return 16
-        case 3: return UInt32.max - UInt32(rng.next() % 4)
-        case 4: return 16 * UInt32(1 + rng.next() % 8)  // a plausible indirect table
-        default: return UInt32(rng.next() % 0x4000)
-        }
-    }
-
     /// Far from the patterned first MiB (so random writes cannot spoil it) or past the end.
     private static func sector(_ rng: inout SplitMix) -> UInt64 {
         rng.next() % 2 == 0 ? 2048 + rng.next() % 28_000 : rng.next()
@@ -44,12 +23,12 @@ import Testing
     static func randomTable(_ f: Frontend, _ rng: inout SplitMix) {
         for i in 0..<queueSize {
             f.ring.setDescriptor(
-                i, address: address(&rng), length: length(&rng), flags: UInt16(rng.next() % 8),
+                i, address: Ring.hostileAddress(&rng), length: Ring.hostileLength(&rng), flags: UInt16(rng.next() % 8),
                 next: UInt16(rng.next() % UInt64(queueSize + 2)))
         }
         for i in 0..<8 {
             f.ring.setDescriptor(
-                i, address: address(&rng), length: length(&rng), flags: UInt16(rng.next() % 8),
+                i, address: Ring.hostileAddress(&rng), length: Ring.hostileLength(&rng), flags: UInt16(rng.next() % 8),
                 next: UInt16(rng.next() % 10), table: Ring.indirect(0))
         }
         f.ring.writeHeader(at: Ring.data(0), type: UInt32(rng.next() % 16), sector: sector(&rng))
@@ -79,8 +58,8 @@ import Testing
         let d = Int(rng.next() % 3)
         let entry = f.ring.host(table + UInt64(16 * d))
         switch rng.next() % 9 {
-        case 0: entry.storeBytes(of: length(&rng).littleEndian, toByteOffset: 8, as: UInt32.self)
-        case 1: entry.storeBytes(of: address(&rng).littleEndian, toByteOffset: 0, as: UInt64.self)
+        case 0: entry.storeBytes(of: Ring.hostileLength(&rng).littleEndian, toByteOffset: 8, as: UInt32.self)
+        case 1: entry.storeBytes(of: Ring.hostileAddress(&rng).littleEndian, toByteOffset: 0, as: UInt64.self)
         case 2: entry.storeBytes(of: UInt16(rng.next() % 8).littleEndian, toByteOffset: 12, as: UInt16.self)
         case 3: entry.storeBytes(of: UInt16(rng.next() % 18).littleEndian, toByteOffset: 14, as: UInt16.self)
         case 4: f.ring.writeHeader(at: Frontend.headerAddress(0), type: UInt32(rng.next() % 16), sector: 2048)

@@ -10,27 +10,6 @@ import Testing
 @Suite struct VhostUserHostileRingTests {
     typealias Ring = VhostUserTestRing
 
-    private static func address(_ rng: inout SplitMix) -> UInt64 {
-        switch rng.next() % 8 {
-        case 0: return UInt64.max - rng.next() % 64
-        case 1: return rng.next() % Ring.base  // below the region
-        case 2: return Ring.base + Ring.bytes - rng.next() % 64  // straddling the end
-        case 3: return Ring.indirect(16 * (rng.next() % 4))  // the indirect area
-        default: return Ring.data(rng.next() % 0x8_0000)
-        }
-    }
-
-    private static func length(_ rng: inout SplitMix) -> UInt32 {
-        switch rng.next() % 8 {
-        case 0: return 0
-        case 1: return 1
-        case 2: return 16
-        case 3: return UInt32.max - UInt32(rng.next() % 4)
-        case 4: return 16 * UInt32(1 + rng.next() % 8)  // a plausible indirect table
-        default: return UInt32(rng.next() % 0x4000)
-        }
-    }
-
     @Test(arguments: [1, 2, 3, 4] as [UInt64]) func randomRingsNeverEscape(seed: UInt64) throws {
         var rng = SplitMix(seed: seed)
         var ring = try Ring(size: 16)
@@ -44,12 +23,14 @@ import Testing
         for _ in 0..<3000 {
             for i in 0..<16 {
                 ring.setDescriptor(
-                    i, address: Self.address(&rng), length: Self.length(&rng), flags: UInt16(rng.next() % 8),
+                    i, address: Ring.hostileAddress(&rng), length: Ring.hostileLength(&rng),
+                    flags: UInt16(rng.next() % 8),
                     next: UInt16(rng.next() % 18))
             }
             for i in 0..<8 {
                 ring.setDescriptor(
-                    i, address: Self.address(&rng), length: Self.length(&rng), flags: UInt16(rng.next() % 8),
+                    i, address: Ring.hostileAddress(&rng), length: Ring.hostileLength(&rng),
+                    flags: UInt16(rng.next() % 8),
                     next: UInt16(rng.next() % 10), table: Ring.indirect(0))
             }
             ring.writeHeader(at: Ring.data(0), type: UInt32(rng.next() % 16), sector: rng.next())

@@ -185,3 +185,29 @@ final class IovecStorage {
 
     deinit { buffer.deallocate() }
 }
+
+extension VhostUserTestRing {
+    /// A descriptor address a hostile guest might write: past 2^64, below or straddling the
+    /// region, the indirect area, or plausible data (the random-ring suites share these).
+    static func hostileAddress(_ rng: inout SplitMix) -> UInt64 {
+        switch rng.next() % 8 {
+        case 0: return UInt64.max - rng.next() % 64
+        case 1: return rng.next() % base  // below the region
+        case 2: return base + bytes - rng.next() % 64  // straddling the end
+        case 3: return indirect(16 * (rng.next() % 4))  // the indirect area
+        default: return data(rng.next() % 0x8_0000)
+        }
+    }
+
+    /// A descriptor length a hostile guest might write.
+    static func hostileLength(_ rng: inout SplitMix) -> UInt32 {
+        switch rng.next() % 8 {
+        case 0: return 0
+        case 1: return 1
+        case 2: return 16
+        case 3: return UInt32.max - UInt32(rng.next() % 4)
+        case 4: return 16 * UInt32(1 + rng.next() % 8)  // a plausible indirect table
+        default: return UInt32(rng.next() % 0x4000)
+        }
+    }
+}
