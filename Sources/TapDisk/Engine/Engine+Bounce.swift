@@ -46,8 +46,30 @@ extension Engine {
         }
         bouncedBytesThisService += remaining
         // A failure after some bytes moved is still a failure of the request.
-        complete(index, result: error != 0 ? -Int64(error) : Int64(done))
+        var result = error != 0 ? -Int64(error) : Int64(done)
+        #if TAPDISK_FAULT_INJECTION
+            result = injectFault(index, into: result, read: r.operation == .read, offset: offset)
+        #endif
+        complete(index, result: result)
     }
+
+    #if TAPDISK_FAULT_INJECTION
+        /// The AIO completion seam applied to a bounced transfer, as if it had been an iocb, so
+        /// the fault tests (`TAPDISK_FAULTS`) reach this path too.
+        private func injectFault(_ index: Int, into result: Int64, read: Bool, offset: Int64) -> Int64 {
+            let cb = table.iocbs + index
+            if read {
+                clibaio_prep_preadv(cb, image.fd.rawValue, nil, 0, offset, aio.eventFD.rawValue, UInt64(index))
+            } else {
+                clibaio_prep_pwritev(cb, image.fd.rawValue, nil, 0, offset, aio.eventFD.rawValue, UInt64(index))
+            }
+            var event = io_event()
+            event.obj = cb
+            clibaio_event_set_res(&event, result)
+            aio.faults.interceptCompletion(&event)
+            return clibaio_event_res(&event)
+        }
+    #endif
 
     /// Calls `body(guestAddress, bufferOffset, length)` over `bytes` bytes of the source iovecs
     /// after the first `skip`.

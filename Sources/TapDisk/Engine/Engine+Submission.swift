@@ -212,19 +212,17 @@ extension Engine {
         let offset = Int64(r.sector) * 512
         let length = Int64(r.rangeSectors) * 512
         let zero = r.operation == .writeZeroes
-        var error: Errno? = nil
         #if TAPDISK_FAULT_INJECTION
-            if let injected = aio.faults.interceptDiscard() {
-                error = Errno(rawValue: injected)
-            } else {
-                error =
-                    zero
-                    ? image.zeroRange(offset: offset, length: length) : image.punchHole(offset: offset, length: length)
-            }
+            let injected = aio.faults.interceptDiscard()
         #else
-            error =
-                zero ? image.zeroRange(offset: offset, length: length) : image.punchHole(offset: offset, length: length)
+            let injected: Int32? = nil
         #endif
+        let error: Errno? =
+            if let injected { Errno(rawValue: injected) } else if zero {
+                image.zeroRange(offset: offset, length: length)
+            } else {
+                image.punchHole(offset: offset, length: length)
+            }
         table.records[index].phase = .submitted
         guard let error else {
             counters.discardBytes += UInt64(length)

@@ -120,10 +120,11 @@ struct RequestTable: ~Copyable {
 
     var used: Int { capacity - freeCount }
 
-    /// The source iovecs of `index`, as storage a front fills.
+    /// The first `count` (at most `segmentsPerRequest`) source iovecs of `index`, as storage a
+    /// front fills.
     @inline(__always)
-    func sourceStorage(_ index: Int) -> UnsafeMutableBufferPointer<iovec> {
-        UnsafeMutableBufferPointer(start: sources + index * Self.segmentsPerRequest, count: Self.segmentsPerRequest)
+    func sourceStorage(_ index: Int, count: Int) -> UnsafeMutableBufferPointer<iovec> {
+        UnsafeMutableBufferPointer(start: sources + index * Self.segmentsPerRequest, count: count)
     }
 
     mutating func allocate() -> Int? {

@@ -79,8 +79,7 @@ extension Engine {
         while budget > 0 && canConsume {
             budget -= 1
             guard let index = table.allocate() else { return }
-            let storage = UnsafeMutableBufferPointer(
-                start: table.sources + index * RequestTable.segmentsPerRequest, count: capacity)
+            let storage = table.sourceStorage(index, count: capacity)
             switch vhost.pop(into: storage) {
             case .empty:
                 table.release(index)

@@ -179,6 +179,24 @@ import Testing
         daemon.expectRecovery("after unaligned buffers")
     }
 
+    // The bounce path goes through the same fault seam as AIO completions: an injected EIO on a
+    // bounced READ is answered IOERR (and raised as an io-error), an injected short completion
+    // on a bounced WRITE is resumed for the rest and answered OK with every byte on disk.
+    @Test func bouncedRequestsMeetInjectedFaults() throws {
+        let daemon = try VhostUserTestDaemon(environment: ["TAPDISK_FAULTS": "read:EIO:1,write:short:1"])
+        let f = try daemon.started()
+        let read = f.read(sector: 8, bytes: 4096, first: 9, dataOffset: 0x100)
+        #expect(read?.0 == Self.ioError, "bounced READ under an injected EIO: \(read.map { "\($0.0)" } ?? "no answer")")
+        let data = (0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 11 &+ 1) }
+        let write = f.write(sector: 4096, data, first: 12, dataOffset: 0x2100)
+        #expect(write == VirtioBlkStatus.ok.rawValue)
+        #expect(daemon.imageBytes(sector: 4096, count: 8192) == data)
+        let counters = try DaemonTest.stats(daemon.process.client())
+        #expect(counters["read-errors"] == 1 && counters["short-completions"] == 1, "\(counters.values)")
+        f.disconnect()
+        daemon.expectRecovery("after faults on bounced requests")
+    }
+
     // A guest that sends nothing but misaligned buffers: 40 bounced WRITEs of 256 KiB (10 MiB, after the pattern,
     // past the 8 MiB a service round may bounce before the loop gets its turn) are all answered,
     // once each, with their data on disk.
