@@ -21,21 +21,29 @@ import Testing
         return dir
     }
 
-    @Test(.enabled(if: geteuid() == 0)) func demoVerdictHoldsEveryGuarantee() throws {
-        let path = try Self.pathWithoutQEMU()
-        defer { try? FileManager.default.removeItem(atPath: path) }
+    /// Runs `tapdiskd ARGUMENTS` (with `PATH` replaced when given), expects exit 0, and returns
+    /// the JSON verdict it printed.
+    private static func demoVerdict(
+        _ arguments: [String], path: String? = nil, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> JSONObject {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: DaemonProcess.binary)
-        process.arguments = ["demo", "--json"]
-        process.environment = ProcessInfo.processInfo.environment.merging(["PATH": path]) { $1 }
+        process.arguments = arguments
+        if let path { process.environment = ProcessInfo.processInfo.environment.merging(["PATH": path]) { $1 } }
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.standardError
         try process.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        let verdict = try #require(try JSONParser.parse([UInt8](data)).objectValue)
+        #expect(process.terminationStatus == 0, sourceLocation: sourceLocation)
+        return try #require(try JSONParser.parse([UInt8](data)).objectValue, sourceLocation: sourceLocation)
+    }
+
+    @Test(.enabled(if: geteuid() == 0)) func demoVerdictHoldsEveryGuarantee() throws {
+        let path = try Self.pathWithoutQEMU()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let verdict = try Self.demoVerdict(["demo", "--json"], path: path)
         #expect(verdict["passed"]?.boolValue == true)
         let report = try #require(verdict["runs"]?["report"]?.objectValue)
         let pause = try #require(verdict["runs"]?["pause"]?.objectValue)
@@ -70,17 +78,7 @@ import Testing
         .enabled(if: VhostUserGuest.available, "needs root, qemu-system-x86_64 and `scripts/guest.sh build`"),
         .timeLimit(.minutes(3)))
     func vmActGuestSeesEIOAndKeepsEveryAcknowledgedFile() throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: DaemonProcess.binary)
-        process.arguments = ["demo", "--vm", "--json"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.standardError
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        let verdict = try #require(try JSONParser.parse([UInt8](data)).objectValue)
+        let verdict = try Self.demoVerdict(["demo", "--vm", "--json"])
         #expect(verdict["passed"]?.boolValue == true)
         #expect(verdict["runs"]?.objectValue?.isEmpty == true)
         let vm = try #require(verdict["vm"]?.objectValue)

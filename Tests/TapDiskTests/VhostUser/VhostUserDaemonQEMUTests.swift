@@ -71,15 +71,7 @@ struct VhostUserDaemonQEMUTests {
     @Test(.timeLimit(.minutes(3))) func readOnlyDiskRefusesTheGuestsWrites() throws {
         let (d, vhost) = try daemon(imageBytes: 64 << 20, arguments: ["--readonly"])
         let script = d.directory + "/ro.sh"
-        try """
-        #!/bin/sh
-        echo "ro=$(cat /sys/block/vda/ro)"
-        dd if=/dev/vda of=/dev/null bs=64k count=16 2>/dev/null && echo read-ok
-        if dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=fsync 2>/dev/null; then echo write-accepted; exit 1; fi
-        echo write-refused
-        [ "$(cat /sys/block/vda/ro)" = 1 ]
-
-        """.write(toFile: script, atomically: true, encoding: .utf8)
+        try VhostUserGuest.readOnlyScript.write(toFile: script, atomically: true, encoding: .utf8)
         let (rc, output) = try boot(vhost, script: script)
         #expect(rc == 0, "\(output.suffix(3000))")
         #expect(output.contains("ro=1") && output.contains("read-ok") && output.contains("write-refused"))

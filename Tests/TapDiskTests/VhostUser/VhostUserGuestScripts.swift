@@ -19,6 +19,12 @@ enum VhostUserGuestScripts {
                 -E lazy_itable_init=1,lazy_journal_init=1,nodiscard /dev/vda
         }
         mount_vda() { mount -t ext4 -o noinit_itable /dev/vda /mnt; }
+        record_sums() { (cd /mnt && md5sum f* >/tmp/sums); }
+        # Every file read back from the disk, not the page cache, then an fsck: non-zero if not.
+        remount_and_check() {
+            umount /mnt && echo 3 >/proc/sys/vm/drop_caches && mount_vda &&
+                (cd /mnt && md5sum -c /tmp/sums) && umount /mnt && /sbin/e2fsck -fn /dev/vda
+        }
 
         """
 
@@ -41,18 +47,9 @@ enum VhostUserGuestScripts {
                 set -- $spec
                 dd if=/dev/urandom of=/mnt/$1 bs=$2 count=$3 conv=fsync 2>/dev/null
             done
-            cd /mnt
-            md5sum f* >/tmp/sums
-            cd /
+            record_sums
             while read sum name; do echo "SUM $name $sum $(stat -c %s /mnt/$name)"; done </tmp/sums
-            umount /mnt
-            echo 3 >/proc/sys/vm/drop_caches
-            mount_vda
-            cd /mnt
-            md5sum -c /tmp/sums
-            cd /
-            umount /mnt
-            /sbin/e2fsck -fn /dev/vda
+            remount_and_check
             echo VERIFIED
 
             """
@@ -108,17 +105,8 @@ enum VhostUserGuestScripts {
                 fi
                 echo "OK f$i $(md5sum /mnt/f$i | cut -d' ' -f1)"
             done
-            cd /mnt
-            md5sum f* >/tmp/sums
-            cd /
-            umount /mnt
-            echo 3 >/proc/sys/vm/drop_caches
-            mount_vda
-            cd /mnt
-            md5sum -c /tmp/sums
-            cd /
-            umount /mnt
-            /sbin/e2fsck -fn /dev/vda
+            record_sums
+            remount_and_check
             echo "ALL-VERIFIED files=$i"
 
             """

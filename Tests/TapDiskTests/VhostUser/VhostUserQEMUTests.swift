@@ -45,15 +45,7 @@ struct VhostUserQEMUTests {
         #expect(FileManager.default.createFile(atPath: imagePath, contents: nil))
         #expect(truncate(imagePath, off_t(imageBytes)) == 0)
         let script = dir + "/ro.sh"
-        try """
-        #!/bin/sh
-        echo "ro=$(cat /sys/block/vda/ro)"
-        dd if=/dev/vda of=/dev/null bs=64k count=16 2>/dev/null && echo read-ok
-        if dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=fsync 2>/dev/null; then echo write-accepted; exit 1; fi
-        echo write-refused
-        [ "$(cat /sys/block/vda/ro)" = 1 ]
-
-        """.write(toFile: script, atomically: true, encoding: .utf8)
+        try VhostUserGuest.readOnlyScript.write(toFile: script, atomically: true, encoding: .utf8)
         let listener = FileDescriptor(adopting: try Errno.check(clibaio_stream_listen(dir + "/sock", 1)))
         let server = try VhostUserTestServer(
             imagePath: imagePath,
@@ -144,4 +136,16 @@ enum VhostUserGuest {
             && FileManager.default.fileExists(atPath: directory + "/vmlinuz")
             && FileManager.default.fileExists(atPath: directory + "/initrd.cpio")
     }
+
+    /// The guest sees a read-only disk (`ro=1`), reads it, and has a write refused; exits 0
+    /// only if all of that held.
+    static let readOnlyScript = """
+        #!/bin/sh
+        echo "ro=$(cat /sys/block/vda/ro)"
+        dd if=/dev/vda of=/dev/null bs=64k count=16 2>/dev/null && echo read-ok
+        if dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=fsync 2>/dev/null; then echo write-accepted; exit 1; fi
+        echo write-refused
+        [ "$(cat /sys/block/vda/ro)" = 1 ]
+
+        """
 }

@@ -153,6 +153,14 @@ final class VhostUserTestFrontend {
         return Self.u64(p, 0)
     }
 
+    /// GET_VRING_BASE for queue 0, as QEMU stops a ring: the last_avail_idx the daemon replies.
+    func getVringBase() throws -> UInt32 {
+        try send(.getVringBase, payload: Self.state(0))
+        let p = try reply(to: .getVringBase)
+        guard p.count == 8 else { throw Failure("GET_VRING_BASE reply of \(p.count) bytes") }
+        return Self.u32(p, 4)
+    }
+
     var replyAck: Bool { protocolFeatures & VhostUserProtocolFeatures.replyAck != 0 }
 
     /// A set-up message; with REPLY_ACK it asks for the ack and fails unless it is 0, so every
