@@ -15,23 +15,29 @@ extension Daemon {
     /// message on the disk's one thread.
     static let vhostStallMilliseconds: Int32 = 1000
 
-    /// Binds the vhost-user socket, replacing a stale socket file but never a live listener's.
-    static func listenVhostUser(at path: String) throws(StartError) -> FileDescriptor {
+    /// Every check on the `--vhost-user-blk` path that creates nothing (run before the image is
+    /// opened, as `SocketFile.check` is for the control socket): length, an existing file that
+    /// is not a socket, a live listener. Returns whether a stale socket file is there.
+    static func checkVhostUserPath(_ path: String) throws(StartError) -> Bool {
         guard path.utf8.count < 108 else {
             throw StartError(description: "--vhost-user-blk \(path): longer than AF_UNIX allows (107 bytes)")
         }
         var st = stat()
-        if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else {
-                throw StartError(description: "--vhost-user-blk \(path) exists and is not a socket; not replacing it")
-            }
-            let probe = clibaio_stream_connect(path)
-            if probe >= 0 {
-                close(probe)
-                throw StartError(description: "--vhost-user-blk \(path): something is already listening there")
-            }
-            unlink(path)
+        guard lstat(path, &st) == 0 else { return false }
+        guard st.st_mode & S_IFMT == S_IFSOCK else {
+            throw StartError(description: "--vhost-user-blk \(path) exists and is not a socket; not replacing it")
         }
+        let probe = clibaio_stream_connect(path)
+        if probe >= 0 {
+            close(probe)
+            throw StartError(description: "--vhost-user-blk \(path): something is already listening there")
+        }
+        return true
+    }
+
+    /// Binds the vhost-user socket, replacing a stale socket file but never a live listener's.
+    static func listenVhostUser(at path: String) throws(StartError) -> FileDescriptor {
+        if try checkVhostUserPath(path) { unlink(path) }
         let fd = clibaio_stream_listen(path, 1)
         guard fd >= 0 else {
             throw StartError(description: "cannot listen on --vhost-user-blk \(path): \(Errno(rawValue: -fd))")

@@ -77,6 +77,7 @@ package final class Daemon: DiskLoopHost {
             }
             _ = try SocketFile.check(path)
         }
+        if let vhost = config.vhostUserSocketPath { _ = try Self.checkVhostUserPath(vhost) }
         let image: Image
         do {
             image = try Image(path: config.imagePath, cache: config.cache, readOnly: config.readOnly)
