@@ -122,16 +122,25 @@ extension Engine {
             service()
             return
         }
+        guard reason == .nospace, let now = image.filesystemSpace()?.freeBytes else { return }
         // Writes in flight when the pause began go on failing and give back what ext4 had
         // reserved for them, so free space rises by up to their size without anyone adding any.
-        // They are held, so waiting for room for the held writes on top of the sample tells that
-        // apart from space an operator made, without depending on when their failures are reaped
-        // (a sample raised at each failure stuck when one was reaped after the operator freed space).
-        if reason == .nospace, let before = pauseFreeBytes, let now = image.filesystemSpace(),
-            now.freeBytes > before &+ heldWriteBytes()
-        {
-            _ = resume(failHeld: false)
-        }
+        // They are held, so waiting for room for the held writes on top of the baseline tells
+        // that apart from space an operator made. The baseline is the lowest free space seen
+        // since the pause began, not the first sample: writes still in flight then may take what
+        // was free after it (they were submitted later, or ENOSPC came from a request too large
+        // for what was left), and a baseline above what the filesystem settled at would wait for
+        // space that will never come.
+        let baseline = lowerPauseBaseline(to: now)
+        if now > baseline &+ heldWriteBytes() { _ = resume(failHeld: false) }
+    }
+
+    /// Lowers the auto-resume baseline to `freeBytes` if that is lower; returns the baseline.
+    @discardableResult
+    func lowerPauseBaseline(to freeBytes: UInt64) -> UInt64 {
+        let baseline = min(pauseFreeBytes ?? freeBytes, freeBytes)
+        pauseFreeBytes = baseline
+        return baseline
     }
 
     /// Bytes the held writes need (their data; FLUSH and BARRIER are never held).

@@ -199,7 +199,12 @@ extension Engine {
             record.pointee.phase = .held
             counters.inFlight -= 1
             counters.held += 1
-            if state == .running { enterPause(errno.isNoSpace ? .nospace : .ioError) }
+            if state == .running {
+                enterPause(errno.isNoSpace ? .nospace : .ioError)
+            } else if state == .paused(.nospace), errno.isNoSpace, let free = image.filesystemSpace()?.freeBytes {
+                // Out of space again after the pause began: what is free now bounds the baseline.
+                lowerPauseBaseline(to: free)
+            }
         } else {
             finish(index, .error)
         }

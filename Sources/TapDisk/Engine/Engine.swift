@@ -77,7 +77,8 @@ package final class Engine {
     /// The disk as served now: the image's geometry at open, with `sectors` updated by
     /// `updateGeometry(sectors:)` when the image is resized underneath (Engine+Resize.swift).
     package internal(set) var geometry: ImageGeometry
-    /// When the current nospace/io-error pause began, and the free space then (auto-resume).
+    /// When the current nospace/io-error pause began, and the lowest free space seen since then
+    /// (the auto-resume baseline: `tick`, `lowerPauseBaseline`).
     var pauseStartedNanos: UInt64 = 0
     var pauseFreeBytes: UInt64? = nil
     /// An operator `pause` arrived during a `nospace`/`io-error` pause: only `resume` ends it.
