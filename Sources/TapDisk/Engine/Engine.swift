@@ -5,8 +5,9 @@ import Glibc
 ///
 /// Single-threaded by design: the disk's `DiskLoop` calls `service` after every wakeup and `tick`
 /// from the timer, and control commands run between those calls on the same thread, so no state here is
-/// ever shared or locked. Every response is written by `answer`, and every failure of a
-/// READ/WRITE/DISCARD goes through `failed`, the one place the `report`/`pause` policy decides.
+/// ever shared or locked. Every response is written by `answer` (a blkif slot) or `answerHead` (a
+/// virtqueue head), and every failure of a READ/WRITE/DISCARD goes through `applyFailurePolicy`,
+/// the one place the `report`/`pause` policy decides.
 package final class Engine {
     package let image: Image
     package let policy: FailurePolicy
@@ -194,7 +195,7 @@ package final class Engine {
 
     var canConsume: Bool { state == .running && barrierIndex == nil && !frontStopped }
 
-    // MARK: - The front: the only switch on which one it is
+    // MARK: - The front: three of the four switches on which one it is (`finish` has the fourth)
 
     func consumeRequests() {
         switch front {
