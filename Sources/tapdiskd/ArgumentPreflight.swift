@@ -3,8 +3,8 @@
 /// ArgumentParser reads `--pause-timeout -1` as the option without a value followed by an
 /// option named `-1`, and reports "Missing value for '--pause-timeout'", which hides the actual
 /// mistake; and an unknown first word such as `tapdiskd frobnicate` falls through to the default
-/// subcommand, which then complains about a missing `--image`. Both are usage errors (exit 64)
-/// that deserve a message about what was typed (issue 11, item 7).
+/// subcommand, which then complains about a missing `--image`. Both are usage errors (exit 64),
+/// and a usage error must say what was typed wrong, not what ArgumentParser tripped over next.
 enum ArgumentPreflight {
     static let subcommands = ["serve", "ctl", "create", "demo", "bench", "help"]
 

@@ -8,7 +8,8 @@ import TapDisk
 struct TapdiskdCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tapdiskd",
-        abstract: "A userspace block-tap daemon: serves one disk image over a Xen blkif ring with Linux AIO.",
+        abstract:
+            "A userspace block-tap daemon: serves one disk image with Linux AIO, over a Xen blkif ring or to a QEMU guest over vhost-user-blk.",
         discussion: "Every request gets exactly one answer; every failure reaches the frontend as an I/O error.",
         subcommands: [ServeCommand.self, CtlCommand.self, CreateCommand.self, DemoCommand.self, BenchCommand.self],
         defaultSubcommand: ServeCommand.self

@@ -47,7 +47,8 @@ import Testing
         #expect(readOnly)
     }
 
-    /// Sizes that are no disk are refused rather than rounded (issue 11, item 5).
+    /// Sizes that are no disk (0 bytes, or not a whole number of 512-byte sectors) are refused
+    /// rather than rounded: a rounded-down tail could never be read or written.
     @Test func emptyAndPartialSectorFilesAreRefused() throws {
         for bytes in [0, 1000, (1 << 20) + 700] {
             let path = try EngineHarness.makeTemporaryImage(bytes: bytes)

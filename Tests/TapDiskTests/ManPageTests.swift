@@ -1,10 +1,13 @@
 import Foundation
 import Testing
 
-/// `man/tapdiskd.8` documents exactly the options the built binary accepts: for `serve`, `ctl` and
-/// `create`, the long options between the page's `BEGIN <command>-options` / `END` markers must be
-/// the long options `tapdiskd <command> --help` prints. `--help` itself (and `--version`, which
-/// the binary does not have) is left out of the comparison.
+/// `man/tapdiskd.8` documents exactly the options the built binary accepts: for `serve`, `ctl`,
+/// `create` and `bench`, the long options between the page's `BEGIN <command>-options` / `END`
+/// markers must be the long options `tapdiskd <command> --help` prints; every long option of those
+/// four and of `demo` (which has no marked list) must appear somewhere on the page outside its
+/// `.EX` examples, and the page may name no other; and the page renders without groff warnings.
+/// `--help` itself (and `--version`, which the binary does not have) is left out of the
+/// comparison.
 @Suite struct ManPageTests {
     /// Repository root, from this file's location (Tests/TapDiskTests/ManPageTests.swift).
     static let repoRoot: String = {

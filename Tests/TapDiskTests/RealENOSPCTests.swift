@@ -5,7 +5,7 @@ import Testing
 
 @testable import TapDisk
 
-/// The "Real ENOSPC" tests: the 2006 seed bug, scaled down. A real 16 MiB ext4 (`-m 0`)
+/// Real ENOSPC: the 2006 seed bug, scaled down. A real 16 MiB ext4 (`-m 0`)
 /// on a loop device holds a 64 MiB sparse image; the in-process engine serves a frontend that
 /// writes the whole disk through the ring at queue depth 32 until the filesystem really runs out.
 /// No fault injection: every ERROR here is a kernel `res = -ENOSPC`.

@@ -5,7 +5,8 @@ import Glibc
 ///
 /// Without this, `accept4` failing with EMFILE left the connection in the listen backlog, the
 /// level-triggered listener stayed readable, and the loop spun at full CPU while every new
-/// client (the toolstack's `status` included) hung (issue 11, item 1). Now:
+/// client (the toolstack's `status` included) hung. The rule: the control socket stays
+/// answerable, however many clients come and whatever the fd limit. So:
 /// - at most `limit` control connections are open; one over the limit is accepted, refused with
 ///   a `busy` error reply and closed, so the client learns why at once;
 /// - one fd (`/dev/null`) is held in reserve: on EMFILE/ENFILE it is closed, the waiting

@@ -1,6 +1,7 @@
 import Logging
 
-/// Noticing that the image changed size while served (issue 11, item 6).
+/// Noticing that the image changed size while served: the new size is what is served, and
+/// nothing beyond a shrunk end is ever written (docs/protocol.md §7, `image-resized`).
 extension Daemon {
     /// Called from the 500 ms timer: compares the image's size with the served geometry. On a
     /// change the engine serves the new size (`Engine.updateGeometry`), `info` reports it, an

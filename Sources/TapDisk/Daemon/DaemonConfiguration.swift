@@ -11,7 +11,8 @@ package struct DaemonConfiguration: Sendable {
     package var policy = FailurePolicy()
     package var maxRingPageOrder = 4
     package var lowSpaceThreshold: LowSpaceThreshold? = nil
-    /// Control connections open at once; one more is refused with `busy` (issue 11).
+    /// Control connections open at once, the frontend's included; one more is answered `busy`
+    /// and closed (`--max-control-connections`, docs/protocol.md §2.1).
     package var maxControlConnections = 64
     /// The longest the loop spins for work before sleeping (µs); 0 = never (`--poll-us`).
     package var pollMicroseconds: UInt64 = DaemonConfiguration.defaultPollMicroseconds

@@ -45,7 +45,8 @@ package struct SocketFile: Sendable, Equatable {
     }
 
     /// Every check on `path` that can be made without creating anything: run before the image is
-    /// opened, so a start that fails for a socket reason leaves no trace anywhere (issue 11).
+    /// opened, so a start that fails for a socket reason leaves no trace anywhere: no socket
+    /// file, and the image not even opened.
     package static func check(_ path: String) throws(Daemon.StartError) -> Existing {
         let shown = path
         guard !path.isEmpty else { throw Daemon.StartError(description: "--socket: empty path") }

@@ -3,10 +3,12 @@ import Glibc
 
 /// One disk's data path: front (blkif ring or virtqueue) → validation → Linux AIO → response.
 ///
-/// Single-threaded by design: the disk's `DiskLoop` calls `service` after every wakeup and `tick`
-/// from the timer, and control commands run between those calls on the same thread, so no state here is
-/// ever shared or locked. Every response is written by `answer`, and every failure of a
-/// READ/WRITE/DISCARD goes through `failed`, the one place the `report`/`pause` policy decides.
+/// Single-threaded by design: the disk's `DiskLoop` calls `service` after a wakeup on the engine's
+/// own fds (kick, completions) or while it owes work, the daemon's timer calls `tick`, and control
+/// commands run between those calls on the same thread, so no state here is ever shared or
+/// locked. Every response is written by `answer` (a blkif slot) or `answerHead` (a virtqueue
+/// head), and every failure of a READ/WRITE/DISCARD goes through `applyFailurePolicy`, the one
+/// place the `report`/`pause` policy decides.
 package final class Engine {
     package let image: Image
     package let policy: FailurePolicy
@@ -109,7 +111,7 @@ package final class Engine {
         }
     #endif
 
-    /// The completion eventfd the event loop must watch for `handleCompletions`.
+    /// The completion eventfd the event loop must watch (drained by `drainCompletionSignal`).
     package var completionFD: Int32 { aio.eventFD.rawValue }
     /// Requests consumed and neither answered nor held (queued, submitted or waiting on a barrier).
     package var inFlight: Int { Int(counters.inFlight) }
@@ -125,7 +127,7 @@ package final class Engine {
     /// Every consumed request has been answered: what detach waits for before unmapping.
     package var isDrained: Bool { counters.inFlight == 0 && counters.held == 0 }
 
-    // MARK: - Servicing (the event loop calls this after every wakeup)
+    // MARK: - Servicing (the event loop calls this when the engine's fds were ready or work is owed)
 
     /// Rounds of reap → consume → submit → push in one `service()` before it yields to the
     /// event loop, so control sockets and signals are not starved by a busy frontend. Tests lower
@@ -195,7 +197,7 @@ package final class Engine {
 
     var canConsume: Bool { state == .running && barrierIndex == nil && !frontStopped }
 
-    // MARK: - The front: the only switch on which one it is
+    // MARK: - The front: three of the four switches on which one it is (`finish` has the fourth)
 
     func consumeRequests() {
         switch front {

@@ -1,6 +1,9 @@
-/// Which front the engine serves. A closed enum the engine switches on at its three front
-/// points (consume, answer, push): no existential and no witness table on the per-request path,
-/// and the I/O core between those points never looks at it.
+/// Which front the engine serves. A closed enum, so no existential and no witness table sit on
+/// the per-request path. The engine switches on it in four places, all in Engine.swift:
+/// `consumeRequests`, `frontHasRequests` (the re-check before sleeping), `pushResponses` and
+/// `finish` (the answer); `finishDetach` tests it to know what to tear down. The I/O core
+/// between `begin` and `finish` does not look at it, but the engine still holds both fronts'
+/// state, and `finish` takes a `BlkifStatus` that the virtio front translates.
 package enum EngineFront: UInt8, Sendable {
     case none
     /// The blkif shared-memory ring (docs/protocol.md), attached over the control socket.

@@ -7,9 +7,10 @@ import Glibc
 /// - it never overwrites: the file is created with `O_CREAT | O_EXCL`, so a typo in PATH cannot
 ///   destroy a guest's disk;
 /// - it never leaves a half-made image behind. A failed `posix_fallocate` on ext4 keeps the blocks
-///   it allocated (REFERENCE.md), so a failed preallocation would otherwise leave the filesystem
-///   full and every other image on it one write away from ENOSPC. On any failure after the file
-///   was created, it is unlinked before the errno is thrown.
+///   it allocated (measured: it returns 28 and the filesystem stays full), so a failed
+///   preallocation would otherwise leave the filesystem full and every other image on it one
+///   write away from ENOSPC. On any failure after the file was created, it is unlinked before the
+///   errno is thrown.
 ///
 /// On success the file and its directory entry are both fsynced, so a crash right after `create`
 /// returns cannot lose the image or leave it with the wrong size.

@@ -3,7 +3,8 @@ import CLibAIO
 /// The daemon's side of the blkif ring: consumes requests, produces responses (§4.2).
 ///
 /// Holds only indices private to the daemon; nothing read from shared memory is kept except
-/// through `copyRequest`, which copies a slot once into private memory (XSA-155).
+/// through `consume(into:)`, which copies a slot once into private memory
+/// (`clibaio_blkif_copy_request`; Xen XSA-155).
 package struct BackendRing {
     package let header: RingHeader
     package let entries: UInt32

@@ -4,7 +4,8 @@ import CLibAIO
 /// descriptor page(s) its `indirect_grefs` name.
 extension BlkifRequest {
     /// An INDIRECT slot: `operation` 6, `indirect_op` @1, `nr_segments` u16 @2, `indirect_grefs`
-    /// u32 × 8 @28. `nrSegments` defaults to `segmentCount`; tests pass hostile values.
+    /// u32 × 8 @28. `nrSegments` is written as given, not derived from any descriptors, so tests
+    /// can pass hostile values.
     package static func indirect(
         indirectOperation: UInt8, id: UInt64, sector: UInt64, nrSegments: UInt16, indirectGrefs: [UInt32]
     ) -> clibaio_blkif_request {

@@ -1,7 +1,8 @@
 /// struct virtio_blk_config (virtio 1.x §5.2.4), encoded little-endian for GET_CONFIG.
 ///
-/// The offsets are the spec's; `VirtioBlkConfigTests` holds them to <linux/virtio_blk.h> via the
-/// offsetof constants in CLibAIO (and vhost.c `_Static_assert`s them at build time).
+/// The offsets are the spec's; `VhostUserVirtioBlkTests.configOffsetsMatchTheKernelHeader` holds
+/// them to <linux/virtio_blk.h> via the offsetof constants in CLibAIO (and vhost.c
+/// `_Static_assert`s them at build time).
 package struct VirtioBlkConfig: Equatable, Sendable {
     /// Capacity in 512-byte sectors, whatever the logical block size.
     package var capacity: UInt64

@@ -4,8 +4,8 @@ import Testing
 
 @testable import TapDisk
 
-/// Issue 11, item 7: usage errors say what was typed wrong, exit 64 (runtime failures exit 1),
-/// and stay on one line.
+/// Usage errors say what was typed wrong, exit 64 (runtime failures exit 1), and stay on one
+/// line.
 @Suite struct CommandLineMessageTests {
     @Test func negativeNumbersAreInvalidValuesNotMissingOnes() throws {
         let image = try DaemonTest.image(bytes: 1 << 20)

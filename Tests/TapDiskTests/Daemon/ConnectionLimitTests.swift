@@ -5,8 +5,8 @@ import Testing
 
 @testable import TapDisk
 
-/// Issue 11, item 1: a limit on control connections, and fd exhaustion that neither spins the
-/// loop nor deafens the control socket.
+/// A limit on control connections, and fd exhaustion that neither spins the loop nor deafens
+/// the control socket.
 @Suite struct ConnectionLimitTests {
     /// CPU time (user + system, seconds) the process has used so far.
     static func cpuSeconds(pid: Int32) -> Double {
@@ -71,9 +71,10 @@ import Testing
         #expect(Self.logCount(daemon.log, "control connection limit reached") >= 1)
     }
 
-    /// The issue's reproduction: far more connections than fds. Before, accept4 failed with
-    /// EMFILE thousands of times a second at ~97% CPU and `ctl status` hung; now the daemon backs
-    /// off, answers `status` with a busy error, warns once, counts the episode, and recovers.
+    /// Far more connections than fds, the way the hang was first reproduced. Before, accept4
+    /// failed with EMFILE thousands of times a second at ~97% CPU and `ctl status` hung; now the
+    /// daemon backs off, answers `status` with a busy error, warns once, counts the episode, and
+    /// recovers.
     @Test(.enabled(if: Shell.which("prlimit") != nil)) func fdExhaustionBacksOffAndStillAnswers() throws {
         let image = try DaemonTest.image(bytes: 1 << 20)
         defer { unlink(image) }

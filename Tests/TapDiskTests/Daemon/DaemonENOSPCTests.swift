@@ -182,8 +182,8 @@ struct DaemonENOSPCTests {
         // itself plus the `suppressed` it reports.
         #expect(event?["suppressed"]?.uint64Value == 0, "the first io-error event suppressed nothing")
         usleep(1_100_000)
-        // ENOSPC depends on the request size (REFERENCE.md): retry failed writes, whole, until one
-        // fails again.
+        // ENOSPC depends on the request size (smaller writes can still succeed after larger ones
+        // failed): retry failed writes, whole, until one fails again.
         var retried = 0
         var failedAgain = false
         for (n, i) in failed.prefix(20).enumerated() where !failedAgain {

@@ -5,10 +5,10 @@ import Testing
 
 @testable import TapDisk
 
-/// Issue 11, items 2, 4 and 5: one writer per image (OFD locks, O_EXCL on block devices), an
-/// image nobody changes unless serving it read-write, and images whose size is not a disk.
+/// One writer per image (OFD locks, O_EXCL on block devices), an image nobody changes unless
+/// serving it read-write, and images whose size is not a disk.
 @Suite struct ImageGuardTests {
-    // MARK: - item 2: locking
+    // MARK: - One writer per image: locking
 
     /// Starts a second daemon on `image` and returns its run (it must fail at once).
     func secondStart(_ image: String, readOnly: Bool) throws -> Tapdiskd.Run {
@@ -86,7 +86,7 @@ import Testing
         #expect(try b.client().call("info")["sectors"]?.uint64Value == 8192)
     }
 
-    // MARK: - item 4: the image is not touched
+    // MARK: - The image is not touched unless served read-write
 
     struct Snapshot: Equatable {
         var bytes: Data
@@ -165,7 +165,7 @@ import Testing
         }
     }
 
-    // MARK: - item 5: sizes that are not a disk
+    // MARK: - Sizes that are not a disk
 
     @Test func emptyAndPartialSectorImagesAreRefused() throws {
         for (bytes, phrase) in [(0, "empty (0 bytes)"), (1000, "not a multiple of 512")] {

@@ -4,7 +4,7 @@ import Testing
 
 @testable import TapDisk
 
-/// Issue 11, item 6: the image changes size while attached. A shrink raises `image-resized`,
+/// The image changes size while attached. A shrink raises `image-resized`,
 /// requests beyond the new end are answered ERROR and the file is never extended by the
 /// daemon; a growth is served and reported.
 @Suite struct ImageResizeTests {

@@ -5,8 +5,8 @@ import Testing
 
 @testable import TapDisk
 
-/// Issue 11, item 3: a daemon removes its socket file at exit only while the path still names
-/// the file it bound; and item 7: what is already at the socket path is named correctly.
+/// A daemon removes its socket file at exit only while the path still names the file it bound,
+/// and what is already at the socket path is named correctly.
 @Suite struct SocketOwnershipTests {
     /// Start A on S, remove S, start B on S, SIGTERM A: S must survive and B must still answer.
     @Test func exitingDaemonLeavesAnotherDaemonsSocketAlone() throws {

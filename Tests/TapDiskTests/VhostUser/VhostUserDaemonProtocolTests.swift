@@ -166,7 +166,8 @@ import Testing
         let start = MonotonicClock.nanoseconds()
         let state = daemon.state()
         let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
-        // The daemon gives a stalled message 1 s (choice 36, the socket timeouts).
+        // The daemon gives a stalled message 1 s (docs/vhost-user.md, `Daemon+VhostUser`: the
+        // connection's 1 s send and receive timeouts and 1 s per message).
         #expect(state != nil && seconds < 2, "status took \(seconds) s (\(state ?? "no answer")) during the stall")
         let closed = f.closedByPeer(within: 3)
         print("vhost-user stall: status answered in \(seconds) s, connection closed by the daemon: \(closed)")

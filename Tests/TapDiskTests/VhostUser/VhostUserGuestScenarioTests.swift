@@ -4,11 +4,11 @@ import Testing
 
 @testable import TapDisk
 
-/// Issue 10's guest scenarios: the REAL daemon (`tapdiskd --vhost-user-blk`, the same engine as
+/// Guest scenarios: the REAL daemon (`tapdiskd --vhost-user-blk`, the same engine as
 /// its blkif ring) serving a real Linux guest under QEMU, judged by what the guest saw, what the
 /// daemon counted and what is in the image afterwards. `VhostUserQEMUTests` proves the protocol
 /// layers with an in-test server; this suite proves the daemon end to end, and in particular the
-/// 2006 seed bug (../shared/seed-bug-217859.txt): a sparse image on a host filesystem that runs
+/// 2006 seed bug (Red Hat bug 217859, docs/protocol.md): a sparse image on a host filesystem that runs
 /// out must never tell the guest a write succeeded when it did not.
 ///
 /// Needs root (loop mounts), qemu-system-x86_64 and the cached guest (`scripts/guest.sh build`);

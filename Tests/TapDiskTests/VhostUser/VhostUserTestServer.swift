@@ -7,8 +7,9 @@ import Glibc
 /// A synchronous vhost-user-blk server for tests: the real front-side layers (`VhostUserMessage`,
 /// `VhostUserDevice`, `GuestMemory`, `SplitVirtqueue`, `VirtioBlkRequest`) with a deliberately
 /// plain data path — preadv/pwritev/fdatasync/punch-hole on the image, one request at a time.
-/// It is NOT the engine integration (issue 10 wires these layers into the engine); it exists to
-/// prove the layers against a real QEMU and a real Linux virtio_blk driver.
+/// It is not how the daemon serves a guest (that is the engine, `Engine+VirtioFront` and
+/// `Daemon+VhostUser`, tested against QEMU by `VhostUserDaemonQEMUTests`); it proves the layers
+/// alone against a real QEMU and a real Linux virtio_blk driver.
 final class VhostUserTestServer {
     let image: FileDescriptor
     var device: VhostUserDevice
