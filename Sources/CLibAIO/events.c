@@ -57,6 +57,41 @@ int clibaio_fd_is_eventfd(int fd, int *semaphore) {
     return 1;
 }
 
+int clibaio_fd_is_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -errno;
+    return (flags & O_NONBLOCK) ? 1 : 0;
+}
+
+/// The `eventfd-id` line of an eventfd's fdinfo (kernel 5.2 and later), or -errno.
+static long long eventfd_id(int fd) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "re");
+    if (!f) return -errno;
+    char line[128];
+    long long id = -ENOENT;
+    while (fgets(line, sizeof(line), f)) {
+        long long v = 0;
+        if (sscanf(line, "eventfd-id: %lld", &v) == 1 && v >= 0) id = v;
+    }
+    fclose(f);
+    return id;
+}
+
+int clibaio_eventfds_are_same_file(int a, int b) {
+    if (a == b) return 1;
+    // KCMP_FILE (0): 0 when both fds refer to the same open file description.
+    pid_t self = getpid();
+    long r = syscall(SYS_kcmp, self, self, 0, (unsigned long)a, (unsigned long)b);
+    if (r >= 0) return r == 0 ? 1 : 0;
+    long long ia = eventfd_id(a);
+    long long ib = eventfd_id(b);
+    if (ia < 0) return (int)ia;
+    if (ib < 0) return (int)ib;
+    return ia == ib ? 1 : 0;
+}
+
 int clibaio_eventfd_signal(int fd) {
     uint64_t one = 1;
     for (;;) {

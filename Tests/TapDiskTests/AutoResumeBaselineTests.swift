@@ -57,5 +57,32 @@ struct AutoResumeBaselineTests {
             #expect((0..<Self.writes).allSatisfy { h.status(of: UInt64($0)) == 0 }, "every write answered OKAY once")
             #expect(h.engine.counters.invariantHolds && h.engine.counters.responsesError == 0)
         }
+
+        /// §5.3: a `pause` during a `nospace` pause makes it the operator's. Space that would
+        /// resume the disk by itself does not; only `resume` does, and the reason stays `nospace`.
+        @Test func anOperatorPauseDuringANospacePauseIsNotEndedBySpace() throws {
+            let fs = try LoopFilesystem(sizeMiB: 16)
+            defer { fs.cleanup() }
+            try fs.fill(leaving: 1 << 20)
+            let image = try RealENOSPCTests.makeSparseImage(fs.path("disk.img"), bytes: 64 << 20)
+            let policy = FailurePolicy(onNospace: .pause, onError: .report, pauseTimeoutSeconds: 0)
+            let h = try EngineHarness(imagePath: image, policy: policy, pageOrder: 2, dataPages: Self.pages)
+            h.engine.faults.completionRules = [.init(target: .write, fault: .errno(ENOSPC), count: 1)]
+            for p in 0..<Self.pages { h.fill(gref: UInt32(p), seed: UInt64(p)) }
+            let segments = (0..<Self.pages).map { BlkifSegment(gref: UInt32($0)) }
+            h.submit([BlkifRequest.write(id: 1, sector: 0, segments: segments)])
+            #expect(h.run(until: { h.engine.state == .paused(.nospace) && h.engine.isQuiescent }))
+            #expect(h.engine.held == 1)
+            h.engine.pause()
+            fs.removeFiller()
+            let free = try fs.freeBytes()
+            #expect(free > (8 << 20), "\(free) B free: far more than the held write needs")
+            h.engine.tick()
+            #expect(h.engine.state == .paused(.nospace) && h.engine.held == 1, "free space ended an operator's pause")
+            #expect(h.responses.isEmpty)
+            #expect(h.engine.resume(failHeld: false).resubmitted == 1)
+            #expect(h.run(untilResponses: 1) && h.status(of: 1) == 0)
+            #expect(h.engine.state == .running)
+        }
     #endif
 }

@@ -177,6 +177,11 @@ int clibaio_eventfd(unsigned initval, int flags);
 /// Classifies an fd from /proc/self/fdinfo: 1 eventfd, 0 not an eventfd, -errno on failure.
 /// `semaphore` is set to 1 only when the kernel prints `eventfd-semaphore: 1`.
 int clibaio_fd_is_eventfd(int fd, int *semaphore);
+/// 1 when the open file has O_NONBLOCK, 0 when it does not, -errno on failure.
+int clibaio_fd_is_nonblocking(int fd);
+/// Whether two eventfds are one open file (`kcmp(KCMP_FILE)`, or, where kcmp is not allowed,
+/// equal `eventfd-id`s in /proc/self/fdinfo): 1 the same, 0 different, -errno undecidable.
+int clibaio_eventfds_are_same_file(int a, int b);
 /// Writes the u64 1 to an eventfd. 0 or -errno (-EAGAIN when the counter is saturated).
 int clibaio_eventfd_signal(int fd);
 /// Reads an eventfd's counter (0 and *value, or -errno; -EAGAIN when it is zero and non-blocking).

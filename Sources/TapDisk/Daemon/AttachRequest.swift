@@ -52,6 +52,15 @@ struct AttachRequest {
             let kind = clibaio_fd_is_eventfd(fd, &semaphore)
             guard kind == 1 else { throw .invalidArgument("the \(name) fd is not an eventfd") }
             guard semaphore == 0 else { throw .invalidArgument("the \(name) eventfd must not be a semaphore eventfd") }
+            // A blocking notify eventfd whose counter the frontend saturates would block the
+            // disk's only thread in write(2) (§2.2): both must be created EFD_NONBLOCK.
+            guard clibaio_fd_is_nonblocking(fd) == 1 else {
+                throw .invalidArgument("the \(name) eventfd must be non-blocking (EFD_NONBLOCK)")
+            }
+        }
+        // One eventfd as both would read the daemon's own notifications back as kicks.
+        guard clibaio_eventfds_are_same_file(fds[1], fds[2]) != 1 else {
+            throw .invalidArgument("kick and notify must be two different eventfds")
         }
         let mapping: SharedMapping
         do {

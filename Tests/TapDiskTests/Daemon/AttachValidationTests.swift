@@ -14,6 +14,8 @@ import Testing
         var order = 0
         var dataPages = 16
         var extra = ""
+        /// Words the refusal's message must contain (the rule that refused it), when given.
+        var phrase: String? = nil
         /// Builds the fds; the returned object keeps them open until the request is sent.
         var make: @Sendable (_ f: BlockFrontend) throws -> (fds: [Int32], keep: [AnyObject])
     }
@@ -87,6 +89,22 @@ import Testing
             let e = try Holder(FileDescriptor.eventFD(semaphore: true))
             return ([f.memory.rawValue, f.kick.rawValue, e.fd], [e])
         },
+        BadAttach(description: "kick eventfd without EFD_NONBLOCK", phrase: "kick eventfd must be non-blocking") { f in
+            let e = try Holder(FileDescriptor.eventFD(nonBlocking: false))
+            return ([f.memory.rawValue, e.fd, f.notify.rawValue], [e])
+        },
+        BadAttach(description: "notify eventfd without EFD_NONBLOCK", phrase: "notify eventfd must be non-blocking") {
+            f in
+            let e = try Holder(FileDescriptor.eventFD(nonBlocking: false))
+            return ([f.memory.rawValue, f.kick.rawValue, e.fd], [e])
+        },
+        BadAttach(description: "kick and notify are the same fd", phrase: "two different eventfds") { f in
+            ([f.memory.rawValue, f.kick.rawValue, f.kick.rawValue], [])
+        },
+        BadAttach(description: "notify is a dup of kick (one open file)", phrase: "two different eventfds") { f in
+            let d = RawFDs([dup(f.kick.rawValue)])
+            return ([f.memory.rawValue, f.kick.rawValue, d[0]], [d])
+        },
         BadAttach(description: "ring-page-order above the maximum", order: 5) { f in
             let m = try Holder(
                 DaemonTest.memfd(
@@ -132,6 +150,10 @@ import Testing
         withExtendedLifetime(keep) {}
         #expect(DaemonTest.code(reply) == "invalid-argument", "\(bad): \(reply)")
         #expect(DaemonTest.isWellFormedError(reply) && reply["tag"] == .string("t"))
+        if let phrase = bad.phrase {
+            let message = reply["error"]?.objectValue?["message"]?.stringValue ?? ""
+            #expect(message.contains(phrase), "\(bad): \(message)")
+        }
         let s = try client.call("status")
         #expect(s["attached"] == .bool(false) && s["state"] == .string("idle"))
         let driver = try DiskDriver(socketPath: daemon.socketPath, pageOrder: 0, dataPages: 16)
@@ -140,7 +162,7 @@ import Testing
     }
 
     /// Boundary values that must be accepted: the largest ring, the largest data-pages, the
-    /// explicit protocol name, extra seals, a memfd larger than needed, a blocking eventfd.
+    /// explicit protocol name, extra seals, a memfd larger than needed.
     @Test func boundaryAttachesAreAccepted() throws {
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
@@ -154,7 +176,7 @@ import Testing
             return reply
         }
         let k = try FileDescriptor.eventFD()
-        let n = try FileDescriptor.eventFD(nonBlocking: false)
+        let n = try FileDescriptor.eventFD()
         for order in 0...4 {
             let bytes = RingLayout.sharedBytes(pageOrder: order, dataPages: 1)
             let m = try DaemonTest.memfd(bytes: bytes, seals: clibaio_F_SEAL_SHRINK)
