@@ -48,7 +48,7 @@ struct ServeCommand: ParsableCommand {
 
     @Option(
         name: .customLong("max-control-connections"),
-        help: "Control connections open at once (1...4096); one more is refused with a busy error.")
+        help: "Control connections open at once (16...4096); one more is refused with a busy error.")
     var maxControlConnections: Int = 64
 
     @Option(
@@ -68,9 +68,10 @@ struct ServeCommand: ParsableCommand {
         guard (0...8).contains(maxRingPageOrder) else {
             throw ValidationError("invalid value \(maxRingPageOrder) for --max-ring-page-order: must be 0...8")
         }
-        guard (1...4096).contains(maxControlConnections) else {
+        guard (16...4096).contains(maxControlConnections) else {
             throw ValidationError(
-                "invalid value \(maxControlConnections) for --max-control-connections: must be 1...4096")
+                "invalid value \(maxControlConnections) for --max-control-connections: must be 16...4096 (the protocol promises at least 16)"
+            )
         }
         guard (0...10_000).contains(pollMicroseconds) else {
             throw ValidationError("invalid value \(pollMicroseconds) for --poll-us: must be 0...10000")

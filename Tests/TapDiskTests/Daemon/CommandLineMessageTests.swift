@@ -19,6 +19,8 @@ import Testing
             (serve + ["--low-space-threshold", "-1"], "--low-space-threshold"),
             (serve + ["--low-space-threshold", "-5%"], "--low-space-threshold"),
             (serve + ["--max-control-connections", "-2"], "--max-control-connections"),
+            // PROTOCOL.md §1: a cap of at least 16.
+            (serve + ["--max-control-connections", "15"], "--max-control-connections"),
             (["create", dir + "/new.img", "--size", "-1"], "--size"),
         ]
         for (args, option) in cases {

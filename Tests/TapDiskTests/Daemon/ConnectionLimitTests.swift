@@ -34,13 +34,13 @@ import Testing
     @Test func connectionsOverTheLimitAreRefusedWithBusy() throws {
         let image = try DaemonTest.image(bytes: 1 << 20)
         defer { unlink(image) }
-        let daemon = try DaemonProcess(image: image, arguments: ["--max-control-connections", "8"])
+        let daemon = try DaemonProcess(image: image, arguments: ["--max-control-connections", "16"])
         defer { daemon.forceStop() }
         // The fixture's start-up probe connection closes asynchronously.
         #expect(DaemonTest.waitUntil(seconds: 5) { DaemonTest.fdCount(pid: daemon.pid) < 20 })
         usleep(100_000)
         var clients: [ControlClient] = []
-        for _ in 0..<8 {
+        for _ in 0..<16 {
             let c = try daemon.client()
             try c.call("info")
             clients.append(c)

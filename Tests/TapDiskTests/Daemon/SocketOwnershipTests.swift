@@ -56,17 +56,16 @@ import Testing
 
     /// A tapdiskd at its connection limit refuses the probe with `busy`: still a live tapdiskd.
     @Test func liveTapdiskdAtItsConnectionLimitIsStillNamed() throws {
-        let first = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--max-control-connections", "1"])
+        let first = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--max-control-connections", "16"])
         defer { first.forceStop() }
-        // The fixture's own probe connection may still hold the one slot: retry until admitted.
-        var holder: ControlClient? = nil
-        var admitted = false
+        // Fill all 16 slots. The fixture's own probe connection may still hold one: a refused
+        // client is dropped and tried again until 16 are admitted.
+        var holders: [ControlClient] = []
         DaemonTest.waitUntil(seconds: 5) {
-            holder = try? first.client()
-            admitted = (try? holder?.request("info"))??["ok"] == .bool(true)
-            return admitted
+            if let c = try? first.client(), (try? c.request("info"))?["ok"] == .bool(true) { holders.append(c) }
+            return holders.count == 16
         }
-        try #require(admitted)
+        try #require(holders.count == 16)
         let other = try DaemonTest.image(bytes: 1 << 20)
         defer { unlink(other) }
         let run = try Tapdiskd.run(["--image", other, "--socket", first.socketPath])
