@@ -5,7 +5,7 @@ import Testing
 
 @testable import TapDisk
 
-/// Helpers shared by the daemon tests (Tests/TapDiskTests/Daemon): raw datagrams, replies,
+/// Helpers shared by the daemon tests (Tests/TapDiskTests/Blkif): raw datagrams, replies,
 /// counters, fd accounting, hand-made attach fds and a frontend driver with deadlines.
 enum DaemonTest {
     // MARK: - Images
@@ -141,26 +141,7 @@ enum DaemonTest {
         return out
     }
 
-    // MARK: - fds
-
-    /// Open fds of a process (`/proc/PID/fd`).
-    static func fdCount(pid: Int32) -> Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
-    }
-
-    /// The fewest fds the daemon held over `milliseconds`: a baseline that does not count a
-    /// connection the daemon has not yet seen close (DaemonProcess's start-up probe, say). On a
-    /// loaded machine that close can be processed long after it happened, and a baseline that
-    /// includes it never comes back.
-    static func settledFDCount(pid: Int32, milliseconds: Int = 300) -> Int {
-        var fewest = Int.max
-        let until = MonotonicClock.nanoseconds() + UInt64(milliseconds) * 1_000_000
-        repeat {
-            fewest = min(fewest, fdCount(pid: pid))
-            usleep(20_000)
-        } while MonotonicClock.nanoseconds() < until
-        return fewest
-    }
+    // MARK: - Hand-made attach fds
 
     /// A memfd of `bytes` with `seals` added (`nil`: created without MFD_ALLOW_SEALING).
     static func memfd(bytes: Int, seals: Int32?) throws -> FileDescriptor {

@@ -135,7 +135,7 @@ import Testing
         let id = f.submit(first: 24)
         #expect(id?.status == VirtioBlkStatus.ok.rawValue)
         let serial = f.bytes(at: Ring.data(0x3_0000), count: 20).prefix { $0 != 0 && $0 != 0xA5 }
-        print("vhost-user GET_ID: \(String(decoding: serial, as: UTF8.self)) length \(id?.length ?? 0)")
+        #expect(String(decoding: serial, as: UTF8.self) == "tapdiskd", "GET_ID serial, length \(id?.length ?? 0)")
         #expect(f.overAnswered.isEmpty && f.usedDuring(milliseconds: 100) == 0)
         VhostUserTestDaemon.expectServes(f, "after the refusals", seed: 3)
         #expect(daemon.isAlive)

@@ -75,7 +75,7 @@ import Testing
     @Test(arguments: [0x7a9d_1001, 0x7a9d_1002] as [UInt64]) func randomChains(seed: UInt64) throws {
         let daemon = try VhostUserTestDaemon()
         let events = try daemon.subscribe()
-        let baseline = daemon.settledFDCount()
+        let baseline = daemon.baselineFDCount(liveConnections: 1)
         var rng = SplitMix(seed: seed)
         var f = try daemon.started(queueSize: Self.queueSize)
         var counts: [String: Int] = [:]

@@ -136,12 +136,20 @@ import Testing
     @Test func formerOwnerClosingDoesNotAffectANewerAttachment() throws {
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let toolstack = try daemon.client()
+        try toolstack.call("info")  // accepted: its socket is in `others` below
+        let others = DaemonTest.connectedSockets(pid: daemon.pid)
         var a: DiskDriver? = try DiskDriver(socketPath: daemon.socketPath)
         #expect(a!.roundTrip(sector: 0, seed: 1))
+        // The daemon's end of a's control connection: the one socket its attach added.
+        let former = DaemonTest.connectedSockets(pid: daemon.pid).subtracting(others)
+        #expect(former.count == 1, "\(former)")
         try toolstack.call("detach")
         let b = try DiskDriver(socketPath: daemon.socketPath)
         a = nil  // the former owner's connection closes
-        usleep(100_000)
+        // Its socket leaves the daemon's fd table only once the daemon has processed the close.
+        #expect(
+            DaemonTest.waitUntil(seconds: 10) { DaemonTest.connectedSockets(pid: daemon.pid).isDisjoint(with: former) },
+            "the daemon has not processed the former owner's close")
         let s = try toolstack.call("status")
         #expect(s["attached"] == .bool(true) && s["state"] == .string("running"))
         #expect(b.roundTrip(sector: 8, seed: 2))
