@@ -249,7 +249,7 @@ import Testing
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         _ = try client.call("info")
-        let baseline = DaemonTest.baselineFDCount(pid: daemon.pid, liveConnections: 1)
+        let baseline = DaemonTest.baselineFDCount(daemon, liveConnections: 1)
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         for count in [9, 16, 64, 250] {
             let fds =
@@ -276,7 +276,7 @@ import Testing
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         _ = try client.call("info")
-        let baseline = DaemonTest.baselineFDCount(pid: daemon.pid, liveConnections: 1)
+        let baseline = DaemonTest.baselineFDCount(daemon, liveConnections: 1)
         #expect(baseline > 0)
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         let three = [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue]

@@ -137,18 +137,20 @@ import Testing
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let toolstack = try daemon.client()
         try toolstack.call("info")  // accepted: its socket is in `others` below
-        let others = DaemonTest.connectedSockets(pid: daemon.pid)
+        let others = DaemonTest.connectedSockets(pid: daemon.pid, path: daemon.socketPath)
         var a: DiskDriver? = try DiskDriver(socketPath: daemon.socketPath)
         #expect(a!.roundTrip(sector: 0, seed: 1))
         // The daemon's end of a's control connection: the one socket its attach added.
-        let former = DaemonTest.connectedSockets(pid: daemon.pid).subtracting(others)
+        let former = DaemonTest.connectedSockets(pid: daemon.pid, path: daemon.socketPath).subtracting(others)
         #expect(former.count == 1, "\(former)")
         try toolstack.call("detach")
         let b = try DiskDriver(socketPath: daemon.socketPath)
         a = nil  // the former owner's connection closes
         // Its socket leaves the daemon's fd table only once the daemon has processed the close.
         #expect(
-            DaemonTest.waitUntil(seconds: 10) { DaemonTest.connectedSockets(pid: daemon.pid).isDisjoint(with: former) },
+            DaemonTest.waitUntil(seconds: 10) {
+                DaemonTest.connectedSockets(pid: daemon.pid, path: daemon.socketPath).isDisjoint(with: former)
+            },
             "the daemon has not processed the former owner's close")
         let s = try toolstack.call("status")
         #expect(s["attached"] == .bool(true) && s["state"] == .string("running"))

@@ -15,14 +15,14 @@ extension DaemonTest {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }
 
-    /// Inodes of the connected AF_UNIX stream and seqpacket sockets a process holds: its control
-    /// connections and vhost-user front-end, not its listeners or its datagram sockets (journald).
-    /// A connection whose client closed stays here until the daemon has processed the close.
-    static func connectedSockets(pid: Int32) -> Set<UInt64> {
+    /// Inodes of the connections a process accepted on the socket bound at `path` (an accepted
+    /// AF_UNIX socket carries its listener's path; sockets the process inherited, its listeners
+    /// and its datagram sockets are left out). A connection whose client closed stays here until
+    /// the daemon has processed the close.
+    static func connectedSockets(pid: Int32, path: String) -> Set<UInt64> {
         let dir = "/proc/\(pid)/fd"
         var held = Set<UInt64>()
-        // fds 0-2 are inherited from whatever ran the tests (a socket, under some runners).
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where Int(name) ?? 0 > 2 {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
             guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(dir)/\(name)"),
                 target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast())
             else { continue }
@@ -33,8 +33,8 @@ extension DaemonTest {
         // Num RefCount Protocol Flags Type St Inode [Path]; St 03 = SS_CONNECTED.
         for line in table.split(separator: "\n").dropFirst() {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard f.count >= 7, f[4] == "0001" || f[4] == "0005", f[5] == "03", let inode = UInt64(f[6]),
-                held.contains(inode)
+            guard f.count == 8, f[7] == path, f[4] == "0001" || f[4] == "0005", f[5] == "03",
+                let inode = UInt64(f[6]), held.contains(inode)
             else { continue }
             connected.insert(inode)
         }
@@ -44,8 +44,8 @@ extension DaemonTest {
     /// The daemon's fds with exactly `liveConnections` connections open: what it holds now, less
     /// the connections it has not yet seen close (earlier checks', the fixture's start-up probe),
     /// plus the ones the caller keeps. A baseline for leak checks that needs no settling time.
-    static func baselineFDCount(pid: Int32, liveConnections: Int = 0) -> Int {
-        fdCount(pid: pid) - connectedSockets(pid: pid).count + liveConnections
+    static func baselineFDCount(_ daemon: DaemonProcess, liveConnections: Int = 0) -> Int {
+        fdCount(pid: daemon.pid) - connectedSockets(pid: daemon.pid, path: daemon.socketPath).count + liveConnections
     }
 
     // MARK: - What the daemon is doing

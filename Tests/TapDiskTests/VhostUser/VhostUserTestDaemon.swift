@@ -59,7 +59,7 @@ final class VhostUserTestDaemon {
     /// The daemon's open fds with `liveConnections` control connections (and no front-end)
     /// open, whether or not it has yet processed the close of earlier checks' connections.
     func baselineFDCount(liveConnections: Int = 0) -> Int {
-        DaemonTest.baselineFDCount(pid: pid, liveConnections: liveConnections)
+        DaemonTest.baselineFDCount(process, liveConnections: liveConnections)
     }
 
     /// Expects no more fds than `baseline` (taken with `baselineFDCount` while idle).
