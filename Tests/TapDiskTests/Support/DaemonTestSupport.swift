@@ -134,11 +134,12 @@ enum DaemonTest {
         return try nextEvent(client, named: name, seconds: seconds, skipped: &skipped)
     }
 
-    /// Every event that arrives until `quietMilliseconds` pass without one.
-    static func drainEvents(_ client: ControlClient, quietMilliseconds: Int32 = 200) throws -> [JSONObject] {
-        var out = client.drainQueuedEvents()
-        while let e = try client.nextEvent(timeoutMilliseconds: quietMilliseconds) { out.append(e) }
-        return out
+    /// Every event the daemon sent on `client` before it answered a `status` sent now. Replies
+    /// and events share the connection in order, so this misses nothing the daemon did before
+    /// the reply, however late it is read: the proof a "no such event" check needs.
+    static func eventsBeforeReply(_ client: ControlClient) throws -> [JSONObject] {
+        try client.call("status")
+        return client.drainQueuedEvents()
     }
 
     // MARK: - Hand-made attach fds
@@ -217,6 +218,19 @@ final class DiskDriver {
     }
 
     /// Waits `milliseconds` and returns how many responses arrived meanwhile.
+    /// Kicks and waits until the daemon has read the kick (the eventfd is no longer readable; it
+    /// drains it whenever it is attached, paused or halted included). It then services the ring
+    /// before it reads another command, so a control reply after this reflects what was
+    /// published: the proof a "nothing was consumed" check needs.
+    func kickAndWaitUntilTaken(seconds: Double = 10) -> Bool {
+        frontend.kick.signal()
+        let fd = frontend.kick.rawValue
+        return DaemonTest.waitUntil(seconds: seconds) {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            return poll(&p, 1, 0) == 0
+        }
+    }
+
     func responsesDuring(milliseconds: Int) -> Int {
         let before = responseCount
         let deadline = MonotonicClock.nanoseconds() + UInt64(milliseconds) * 1_000_000
