@@ -57,7 +57,7 @@ let package = Package(
             dependencies: ["TapDisk", "CLibAIO"],
             swiftSettings: [.define("TAPDISK_FAULT_INJECTION", .when(configuration: .debug))],
             // Exports the test binary's counting malloc so the Swift runtime binds to it
-            // (AllocationTests measures heap allocations per request).
+            // (Support/AllocationCounter.swift; the allocation suites count heap allocations per request).
             linkerSettings: [.unsafeFlags(["-Xlinker", "--export-dynamic"])]
         ),
     ],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Heap allocations per request on the data path, measured two ways (run as root):
 #
-#  1. In process, release build: Tests/TapDiskTests/AllocationTests.swift counts malloc/calloc/
+#  1. In process, release build: Tests/TapDiskTests/Engine/AllocationTests.swift counts malloc/calloc/
 #     realloc/memalign calls on the engine's thread over 10,000 steady-state 4 KiB requests. The
 #     test executable must export its counting `malloc` (-Xlinker --export-dynamic) for libswiftCore
 #     to call it; -enable-testing for @testable; TAPDISK_FAULT_INJECTION because the test target's

@@ -140,7 +140,7 @@ package final class Engine {
     /// How often `service` stopped at `roundsPerService` with requests still arriving (tests
     /// use it to prove they reached that path).
     @exclusivity(unchecked) package internal(set) var roundLimitYields: UInt64 = 0
-    #if DEBUG
+    #if TAPDISK_FAULT_INJECTION
         /// Runs after each round's push, before the check for more requests. Tests use it to let
         /// a frontend thread run there, so the round-limit path is reached however the scheduler
         /// places the threads (on a busy machine both may share one CPU and never overlap).
@@ -174,7 +174,7 @@ package final class Engine {
             }
             submitQueued()
             pushResponses()
-            #if DEBUG
+            #if TAPDISK_FAULT_INJECTION
                 afterRoundForTesting?()
             #endif
             if submitBackoff || bouncedBytesThisService >= Self.bounceBytesPerService {

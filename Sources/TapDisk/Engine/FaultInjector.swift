@@ -1,5 +1,6 @@
 #if TAPDISK_FAULT_INJECTION
     import CLibAIO
+    import Glibc
 
     /// Scripted and random faults for the AIO seam (debug builds only).
     ///
@@ -98,7 +99,7 @@
             if !submitFaults.isEmpty {
                 injectedSubmitFaults += 1
                 switch submitFaults.removeFirst() {
-                case .eagain: return -11
+                case .eagain: return -EAGAIN
                 case .errno(let e): return -e
                 case .partial(let k): return Int32(max(0, min(k, count)))
                 }
@@ -106,7 +107,7 @@
             guard let r = random else { return nil }
             if roll(r.submitEagainPerMille) {
                 injectedSubmitFaults += 1
-                return -11
+                return -EAGAIN
             }
             if count > 1, roll(r.submitPartialPerMille) {
                 injectedSubmitFaults += 1
@@ -130,13 +131,13 @@
             }
             guard let r = random else { return }
             if opcode == clibaio_IO_CMD_FDSYNC {
-                if roll(r.syncFailPerMille) { apply(.errno(5), to: &event, res: res) }
+                if roll(r.syncFailPerMille) { apply(.errno(EIO), to: &event, res: res) }
                 return
             }
             if roll(r.eioPerMille) {
-                apply(.errno(5), to: &event, res: res)
+                apply(.errno(EIO), to: &event, res: res)
             } else if roll(r.enospcPerMille) {
-                apply(.errno(28), to: &event, res: res)
+                apply(.errno(ENOSPC), to: &event, res: res)
             } else if roll(r.zeroPerMille) {
                 apply(.zero, to: &event, res: res)
             } else if roll(r.shortPerMille) {

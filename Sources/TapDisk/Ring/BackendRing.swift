@@ -62,9 +62,6 @@ package struct BackendRing {
         rspProdPvt &+= 1
     }
 
-    /// Number of responses written but not yet published.
-    package var unpublishedResponses: UInt32 { rspProdPvt &- rspProdPublished }
-
     /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`: publish with release order, full fence, then
     /// notify iff `rsp_event` lies in `(old, new]`.
     @inline(__always)

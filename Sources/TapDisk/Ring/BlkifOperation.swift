@@ -7,18 +7,6 @@ package enum BlkifOperation: UInt8, Sendable, CaseIterable {
     case flushDiskCache = 3
     case discard = 5
     case indirect = 6
-
-    /// The name events and logs use.
-    package var eventName: String {
-        switch self {
-        case .read: "read"
-        case .write: "write"
-        case .writeBarrier: "barrier"
-        case .flushDiskCache: "flush"
-        case .discard: "discard"
-        case .indirect: "indirect"
-        }
-    }
 }
 
 /// Response status values (§4.1); the guest can be told nothing finer.

@@ -254,10 +254,4 @@ package struct SplitVirtqueue: ~Copyable {
     package var hasAvailable: Bool {
         fault == nil && clibaio_load_u16_acquire(available + 2) != lastAvailableIndex
     }
-
-    /// Tells the guest not to kick while we are polling anyway (VRING_USED_F_NO_NOTIFY; with
-    /// EVENT_IDX the avail_event written by `pop` already lags).
-    package func disableNotifications() {
-        if !eventIndex { clibaio_store_u16_relaxed(used, 1) }
-    }
 }

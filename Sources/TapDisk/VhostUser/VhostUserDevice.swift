@@ -37,7 +37,6 @@ package struct VhostUserDevice: ~Copyable {
     package let configuration: VhostUserDeviceConfiguration
     package private(set) var features: UInt64 = 0
     package private(set) var protocolFeatures: UInt64 = 0
-    package private(set) var owned = false
     package private(set) var enabled = false
     package private(set) var queue: SplitVirtqueue?
     package private(set) var memory = GuestMemory()
@@ -71,8 +70,6 @@ package struct VhostUserDevice: ~Copyable {
         case .none: 0
         }
     }
-
-    package var hasCallDescriptor: Bool { call != nil }
 
     package var offeredFeatures: UInt64 {
         VirtioFeatures.offered(readOnly: configuration.readOnly, discard: configuration.discard)
@@ -135,7 +132,9 @@ package struct VhostUserDevice: ~Copyable {
             case .getMaxMemSlots:
                 return VhostUserReply.u64(.getMaxMemSlots, UInt64(VhostUserLimits.maxMemoryRegions))
             case .setOwner:
-                owned = true
+                // The connection is the session: there is no other front-end to take it from, and
+                // nothing that SET_OWNER unlocks. Accepted so that front-ends which send it work.
+                break
             case .resetOwner, .resetDevice:
                 if inFlight > 0 { throw VhostUserDeviceError.requestsInFlight(inFlight) }
                 reset()
@@ -282,7 +281,6 @@ package struct VhostUserDevice: ~Copyable {
         memory = GuestMemory()
         features = 0
         protocolFeatures = 0
-        owned = false
         queueSize = 0
         addresses = nil
         base = 0

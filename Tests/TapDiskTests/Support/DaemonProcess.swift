@@ -61,10 +61,26 @@ final class DaemonProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             if !process.isRunning { throw Failure("tapdiskd exited at startup (\(process.terminationStatus)): \(log)") }
-            if let c = try? ControlClient(socketPath: socketPath), (try? c.call("info")) != nil { return }
-            usleep(20_000)
+            if Self.probe(socketPath) {
+                // The probe has closed; once the daemon has seen that, a test's first look at the
+                // fd table or the connection count finds no connection but its own.
+                let pid = process.processIdentifier
+                if DaemonTest.waitUntil(
+                    seconds: 10, { DaemonTest.connectedSockets(pid: pid, path: socketPath).isEmpty })
+                {
+                    return
+                }
+                throw Failure("tapdiskd kept the start-up probe's connection: \(log)")
+            }
+            usleep(20_000)  // paces the retries while the daemon starts
         }
         throw Failure("tapdiskd did not start: \(log)")
+    }
+
+    /// One `info` on a connection that is closed on return: whether the daemon answers yet.
+    private static func probe(_ socketPath: String) -> Bool {
+        guard let c = try? ControlClient(socketPath: socketPath) else { return false }
+        return (try? c.call("info")) != nil
     }
 
     /// A daemon serving a fresh sparse temporary image of `imageBytes`; the daemon is killed and
@@ -95,7 +111,7 @@ final class DaemonProcess: @unchecked Sendable {
     @discardableResult
     func waitForExit(timeoutSeconds: Double = 30) -> Int32? {
         let deadline = Date().addingTimeInterval(timeoutSeconds)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
+        while process.isRunning && Date() < deadline { usleep(10_000) }  // polls for the exit
         return process.isRunning ? nil : process.terminationStatus
     }
 

@@ -5,7 +5,7 @@ import Testing
 
 @testable import TapDisk
 
-/// Helpers shared by the daemon tests (Tests/TapDiskTests/Daemon): raw datagrams, replies,
+/// Helpers shared by the daemon tests (Tests/TapDiskTests/Blkif): raw datagrams, replies,
 /// counters, fd accounting, hand-made attach fds and a frontend driver with deadlines.
 enum DaemonTest {
     // MARK: - Images
@@ -134,33 +134,15 @@ enum DaemonTest {
         return try nextEvent(client, named: name, seconds: seconds, skipped: &skipped)
     }
 
-    /// Every event that arrives until `quietMilliseconds` pass without one.
-    static func drainEvents(_ client: ControlClient, quietMilliseconds: Int32 = 200) throws -> [JSONObject] {
-        var out = client.drainQueuedEvents()
-        while let e = try client.nextEvent(timeoutMilliseconds: quietMilliseconds) { out.append(e) }
-        return out
+    /// Every event the daemon sent on `client` before it answered a `status` sent now. Replies
+    /// and events share the connection in order, so this misses nothing the daemon did before
+    /// the reply, however late it is read: the proof a "no such event" check needs.
+    static func eventsBeforeReply(_ client: ControlClient) throws -> [JSONObject] {
+        try client.call("status")
+        return client.drainQueuedEvents()
     }
 
-    // MARK: - fds
-
-    /// Open fds of a process (`/proc/PID/fd`).
-    static func fdCount(pid: Int32) -> Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
-    }
-
-    /// The fewest fds the daemon held over `milliseconds`: a baseline that does not count a
-    /// connection the daemon has not yet seen close (DaemonProcess's start-up probe, say). On a
-    /// loaded machine that close can be processed long after it happened, and a baseline that
-    /// includes it never comes back.
-    static func settledFDCount(pid: Int32, milliseconds: Int = 300) -> Int {
-        var fewest = Int.max
-        let until = MonotonicClock.nanoseconds() + UInt64(milliseconds) * 1_000_000
-        repeat {
-            fewest = min(fewest, fdCount(pid: pid))
-            usleep(20_000)
-        } while MonotonicClock.nanoseconds() < until
-        return fewest
-    }
+    // MARK: - Hand-made attach fds
 
     /// A memfd of `bytes` with `seals` added (`nil`: created without MFD_ALLOW_SEALING).
     static func memfd(bytes: Int, seals: Int32?) throws -> FileDescriptor {
@@ -236,6 +218,19 @@ final class DiskDriver {
     }
 
     /// Waits `milliseconds` and returns how many responses arrived meanwhile.
+    /// Kicks and waits until the daemon has read the kick (the eventfd is no longer readable; it
+    /// drains it whenever it is attached, paused or halted included). It then services the ring
+    /// before it reads another command, so a control reply after this reflects what was
+    /// published: the proof a "nothing was consumed" check needs.
+    func kickAndWaitUntilTaken(seconds: Double = 10) -> Bool {
+        frontend.kick.signal()
+        let fd = frontend.kick.rawValue
+        return DaemonTest.waitUntil(seconds: seconds) {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            return poll(&p, 1, 0) == 0
+        }
+    }
+
     func responsesDuring(milliseconds: Int) -> Int {
         let before = responseCount
         let deadline = MonotonicClock.nanoseconds() + UInt64(milliseconds) * 1_000_000

@@ -53,7 +53,7 @@ import Testing
             }
             #expect(daemon.process.process.isRunning, "\(chain): the daemon died")
         }
-        #expect(f.usedDuring(milliseconds: 200) == 0, "a used entry nobody asked for")
+        #expect(f.usedOnceSettled(daemon.process) == 0, "a used entry nobody asked for")
         #expect(f.overAnswered.isEmpty, "heads answered twice: \(f.overAnswered)")
         #expect(daemon.isAlive)
         print("vhost-user hostile chains:\n  " + outcomes.joined(separator: "\n  "))
@@ -135,8 +135,8 @@ import Testing
         let id = f.submit(first: 24)
         #expect(id?.status == VirtioBlkStatus.ok.rawValue)
         let serial = f.bytes(at: Ring.data(0x3_0000), count: 20).prefix { $0 != 0 && $0 != 0xA5 }
-        print("vhost-user GET_ID: \(String(decoding: serial, as: UTF8.self)) length \(id?.length ?? 0)")
-        #expect(f.overAnswered.isEmpty && f.usedDuring(milliseconds: 100) == 0)
+        #expect(String(decoding: serial, as: UTF8.self) == "tapdiskd", "GET_ID serial, length \(id?.length ?? 0)")
+        #expect(f.overAnswered.isEmpty && f.usedOnceSettled(daemon.process) == 0)
         VhostUserTestDaemon.expectServes(f, "after the refusals", seed: 3)
         #expect(daemon.isAlive)
         f.disconnect()
@@ -162,7 +162,7 @@ import Testing
         let read = f.read(sector: 8, bytes: 4096, first: 9, dataOffset: 0x100)
         let data = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 5) }
         let write = f.write(sector: 300, data, first: 12, dataOffset: 0x2100)
-        let seen = try DaemonTest.drainEvents(events, quietMilliseconds: 300)
+        let seen = try DaemonTest.eventsBeforeReply(events)
         let ioErrors = seen.filter { $0["event"]?.stringValue == "io-error" }.map { JSONWriter.string(.object($0)) }
         let status = try daemon.process.client().call("status")
         let summary =
@@ -213,7 +213,7 @@ import Testing
         let start = f.used.count
         f.publish(heads)
         #expect(f.waitForUsed(total: start + heads.count, seconds: 30), "\(f.used.count - start) of 40 answered")
-        #expect(f.usedDuring(milliseconds: 100) == 0 && f.overAnswered.isEmpty, "\(f.overAnswered)")
+        #expect(f.usedOnceSettled(daemon.process) == 0 && f.overAnswered.isEmpty, "\(f.overAnswered)")
         for h in heads { #expect(f.status(Int(h)) == VirtioBlkStatus.ok.rawValue, "head \(h)") }
         #expect(daemon.imageBytes(sector: 4096 + 39 * 512, count: 0x40000) == data)
         #expect(daemon.state() == "running")
@@ -246,7 +246,7 @@ import Testing
         } else {
             #expect(r.status == Self.ioError)
         }
-        #expect(f.usedDuring(milliseconds: 100) == 0)
+        #expect(f.usedOnceSettled(daemon.process) == 0)
         f.disconnect()
         daemon.expectRecovery("after seg_max + 1")
     }

@@ -174,7 +174,7 @@ import Testing
             }
         }
         let seconds = Double(MonotonicClock.nanoseconds() - started) / 1e9
-        #expect(frontend.usedDuring(milliseconds: 100) == 0, "used entries after every head was answered")
+        #expect(frontend.usedOnceSettled(daemon) == 0, "used entries after every head was answered")
         #expect(frontend.overAnswered.isEmpty, "heads answered twice: \(frontend.overAnswered)")
         let stats = try DaemonTest.stats(control)
         try expectReconciled(stats, run)

@@ -75,7 +75,7 @@ import Testing
     @Test(arguments: [0x7a9d_1001, 0x7a9d_1002] as [UInt64]) func randomChains(seed: UInt64) throws {
         let daemon = try VhostUserTestDaemon()
         let events = try daemon.subscribe()
-        let baseline = daemon.settledFDCount()
+        let baseline = daemon.baselineFDCount(liveConnections: 1)
         var rng = SplitMix(seed: seed)
         var f = try daemon.started(queueSize: Self.queueSize)
         var counts: [String: Int] = [:]
@@ -97,7 +97,7 @@ import Testing
             if Int(head) >= Self.queueSize {
                 broken += 1
                 #expect(daemon.violationReported(on: events), "iteration \(iteration): head \(head) not reported")
-                #expect(f.usedDuring(milliseconds: 50) == 0, "iteration \(iteration): head \(head) answered")
+                #expect(f.usedOnceSettled(daemon.process) == 0, "iteration \(iteration): head \(head) answered")
                 #expect(f.overAnswered.isEmpty)
                 f.disconnect()
                 guard daemon.waitForState("idle") else {
@@ -129,11 +129,11 @@ import Testing
                 counts["random, length \(e.length == 0 ? "0" : e.length == 1 ? "1" : ">1")", default: 0] += 1
             }
         }
-        #expect(f.usedDuring(milliseconds: 200) == 0, "used entries nobody asked for")
+        #expect(f.usedOnceSettled(daemon.process) == 0, "used entries nobody asked for")
         #expect(f.overAnswered.isEmpty, "heads answered twice: \(f.overAnswered)")
         // Extra events are only reported: a violation for a valid head would already have shown
         // as a missing used entry.
-        let extra = try DaemonTest.drainEvents(events).filter { $0["event"]?.stringValue == "frontend-violation" }
+        let extra = try DaemonTest.eventsBeforeReply(events).filter { $0["event"]?.stringValue == "frontend-violation" }
         print(
             "vhost-user random seed \(seed): answered \(answered), broken \(broken), further violation events \(extra.count), \(counts.sorted { $0.key < $1.key })"
         )

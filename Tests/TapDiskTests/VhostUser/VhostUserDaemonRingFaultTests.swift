@@ -39,8 +39,9 @@ import Testing
         f.ring.setAvailableIndex(good)
         f.prepare(first: 20, type: VirtioBlkType.read, sector: 0)
         f.publish(20)
-        #expect(f.usedDuring(milliseconds: 500) == 0, "a broken ring was served again")
-        print("vhost-user \(fault): state after the violation \(daemon.state() ?? "no answer")")
+        #expect(f.usedOnceSettled(daemon.process) == 0, "a broken ring was served again")
+        let state = daemon.state()
+        #expect(state == "halted", "\(fault): state after the violation \(state ?? "no answer")")
         #expect(f.overAnswered.isEmpty)
         // The guest resets its driver (or reboots): QEMU stops the ring and sets up a fresh one
         // on the same connection. That ring is served, as a blkif frontend is after a new attach.
@@ -68,7 +69,7 @@ import Testing
         let start = f.used.count
         f.publish(heads + [heads[0]])
         #expect(f.waitForUsed(total: start + heads.count), "the reads before the repost were not all answered")
-        let late = f.usedDuring(milliseconds: 300)
+        let late = f.usedOnceSettled(daemon.process)
         let batch = f.used[start...]
         let answers = batch.filter { $0.id == UInt32(heads[0]) }.count
         let message = daemon.violation(on: events, seconds: 1)
@@ -124,7 +125,7 @@ import Testing
         try f.setUpRing(base: UInt16(base))
         f.kick()
         #expect(f.waitForUsed(total: 32), "after the restart: \(f.used.count) of 32")
-        #expect(f.usedDuring(milliseconds: 100) == 0 && f.overAnswered.isEmpty, "\(f.overAnswered)")
+        #expect(f.usedOnceSettled(daemon.process) == 0 && f.overAnswered.isEmpty, "\(f.overAnswered)")
         for i in 0..<32 {
             #expect(f.status(3 * i) == VirtioBlkStatus.ok.rawValue, "write \(i)")
             #expect(daemon.imageBytes(sector: 4096 + UInt64(i * 32), count: 16384) == data[i], "write \(i) data")
@@ -180,7 +181,7 @@ import Testing
     // says how many) gets exactly one used entry, an OK write is on disk, back to idle.
     @Test(arguments: Departure.allCases) func disconnectWithRequestsInFlight(departure: Departure) throws {
         let daemon = try VhostUserTestDaemon()
-        let baseline = daemon.settledFDCount()
+        let baseline = daemon.baselineFDCount()
         for round in 0..<3 {
             let f = try daemon.frontend()
             try f.negotiate()

@@ -141,7 +141,7 @@ final class VhostUserGuestRig {
     }
 
     /// Every event the watcher received so far.
-    func events() throws -> [JSONObject] { try DaemonTest.drainEvents(watcher, quietMilliseconds: 100) }
+    func events() throws -> [JSONObject] { try DaemonTest.eventsBeforeReply(watcher) }
 
     /// SIGTERM; the exit status (nil if it did not exit within 30 s).
     func stopDaemon() -> Int32? { daemon.terminate() }

@@ -56,13 +56,13 @@ final class VhostUserTestDaemon {
 
     var pid: Int32 { process.process.processIdentifier }
 
-    /// The daemon's open fds once the control connections of earlier checks have closed (their
-    /// daemon side closes asynchronously): the fewest seen over `milliseconds`.
-    func settledFDCount(milliseconds: Int = 300) -> Int {
-        DaemonTest.settledFDCount(pid: pid, milliseconds: milliseconds)
+    /// The daemon's open fds with `liveConnections` control connections (and no front-end)
+    /// open, whether or not it has yet processed the close of earlier checks' connections.
+    func baselineFDCount(liveConnections: Int = 0) -> Int {
+        DaemonTest.baselineFDCount(process, liveConnections: liveConnections)
     }
 
-    /// Expects no more fds than `baseline` (taken with `settledFDCount` while idle).
+    /// Expects no more fds than `baseline` (taken with `baselineFDCount` while idle).
     func expectNoLeakedFDs(baseline: Int, sourceLocation: SourceLocation = #_sourceLocation) {
         _ = waitForState("idle")
         let ok = DaemonTest.waitUntil(seconds: 3) { DaemonTest.fdCount(pid: pid) <= baseline }

@@ -424,7 +424,7 @@ import Testing
         try driver.control.call("pause")
         try driver.control.call("resume")
         _ = try driver.disk.detach()
-        let events = try DaemonTest.drainEvents(watcher)
+        let events = try DaemonTest.eventsBeforeReply(watcher)
         let seen = events.map {
             "\($0["event"]?.stringValue ?? "?"):\($0["state"]?.stringValue ?? "?"):\($0["reason"].map { $0.stringValue ?? "null" } ?? "absent")"
         }
@@ -454,12 +454,12 @@ import Testing
         }
         #expect(MonotonicClock.nanoseconds() - start < 10_000_000_000, "the daemon never blocks on a slow reader")
         #expect(driver.roundTrip(sector: 0, seed: 4))
-        var received = try DaemonTest.drainEvents(sleeper, quietMilliseconds: 300)
+        var received = try DaemonTest.eventsBeforeReply(sleeper)
         #expect(received.count < 2 * cycles, "the queue is bounded")
         #expect(received.count >= 64, "at least 64 datagrams are queued")
         // One more event so the last drops are reported.
         try driver.control.call("pause")
-        received += try DaemonTest.drainEvents(sleeper, quietMilliseconds: 300)
+        received += try DaemonTest.eventsBeforeReply(sleeper)
         let dropped = received.compactMap { $0["dropped"]?.uint64Value }.reduce(0, +)
         #expect(dropped > 0)
         // Emitted: running (attach), 2 per cycle, and the trigger.

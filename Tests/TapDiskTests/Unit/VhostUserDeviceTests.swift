@@ -195,7 +195,7 @@ import Testing
                 == VhostUserReply.vringState(.getVringBase, VhostUserVringState(index: 0, num: 1)))
         #expect(!device.isRunning && device.kickDescriptor == nil && device.lastAvailableIndex == nil)
         device.reset()
-        #expect(device.memory.isEmpty && !device.hasCallDescriptor && device.features == 0)
+        #expect(device.memory.isEmpty && device.call == nil && device.features == 0)
     }
 
     /// Review finding: SET_VRING_KICK on a running ring rebuilt it, forgetting the chain in

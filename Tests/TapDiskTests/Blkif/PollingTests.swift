@@ -32,7 +32,7 @@ import Testing
         #expect(busy.micros > 0 && busy.hits + busy.misses > 0, "no polling during I/O: \(busy)")
         usleep(200_000)  // the last request's window ends
         let before = try pollStats(d.control)
-        let share = ConnectionLimitTests.cpuShare(pid: daemon.pid, seconds: 1.0)
+        let share = DaemonTest.cpuShare(pid: daemon.pid, seconds: 1.0)
         let after = try pollStats(d.control)
         #expect(share < 0.05, "an idle daemon used \(Int(share * 100))% CPU")
         #expect(after.micros - before.micros < 50_000, "spun \(after.micros - before.micros) µs while idle")

@@ -89,7 +89,10 @@ import Testing
         try a.control.call("pause")
         for i in 0..<5 { a.enqueueWrite(id: 10 + UInt64(i), sector: 64, gref: 2, seed: 9) }
         a.push()
-        #expect(a.responsesDuring(milliseconds: 200) == 0)
+        #expect(a.kickAndWaitUntilTaken(), "the daemon never read the kick")
+        #expect(try DaemonTest.stats(a.control).consumed == 2, "consumed while paused")
+        a.collect()
+        #expect(a.responseCount == 2, "answered while paused")
         let d = try a.control.call("detach")
         #expect(d["completed"]?.uint64Value == 0)
         #expect(d["req-cons"]?.uint64Value == 2, "only the round trip's two requests were consumed")
@@ -136,12 +139,22 @@ import Testing
     @Test func formerOwnerClosingDoesNotAffectANewerAttachment() throws {
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let toolstack = try daemon.client()
+        try toolstack.call("info")  // accepted: its socket is in `others` below
+        let others = DaemonTest.connectedSockets(pid: daemon.pid, path: daemon.socketPath)
         var a: DiskDriver? = try DiskDriver(socketPath: daemon.socketPath)
         #expect(a!.roundTrip(sector: 0, seed: 1))
+        // The daemon's end of a's control connection: the one socket its attach added.
+        let former = DaemonTest.connectedSockets(pid: daemon.pid, path: daemon.socketPath).subtracting(others)
+        #expect(former.count == 1, "\(former)")
         try toolstack.call("detach")
         let b = try DiskDriver(socketPath: daemon.socketPath)
         a = nil  // the former owner's connection closes
-        usleep(100_000)
+        // Its socket leaves the daemon's fd table only once the daemon has processed the close.
+        #expect(
+            DaemonTest.waitUntil(seconds: 10) {
+                DaemonTest.connectedSockets(pid: daemon.pid, path: daemon.socketPath).isDisjoint(with: former)
+            },
+            "the daemon has not processed the former owner's close")
         let s = try toolstack.call("status")
         #expect(s["attached"] == .bool(true) && s["state"] == .string("running"))
         #expect(b.roundTrip(sector: 8, seed: 2))
@@ -234,7 +247,7 @@ import Testing
         let a = try DiskDriver(socketPath: daemon.socketPath)
         #expect(a.roundTrip(sector: 0, seed: 1))
         #expect(a.roundTrip(sector: 8, seed: 2))
-        _ = try DaemonTest.drainEvents(watcher, quietMilliseconds: 50)
+        _ = try DaemonTest.eventsBeforeReply(watcher)
         let header = a.frontend.ring.header
         let reqCons = header.reqProd  // everything published was consumed
         header.storeReleasing(RingLayout.reqProdOffset, bogusReqProd(reqCons, a.frontend.entries))
@@ -251,8 +264,11 @@ import Testing
                 && s["attached"] == .bool(true))
         // Consumes nothing more, even once req_prod is sane again and kicked.
         header.storeReleasing(RingLayout.reqProdOffset, reqCons &+ 1)
-        a.frontend.kick.signal()
-        #expect(a.responsesDuring(milliseconds: 200) == 0)
+        let answered = a.responseCount
+        #expect(a.kickAndWaitUntilTaken(), "the daemon never read the kick")
+        #expect(try DaemonTest.stats(watcher).consumed == UInt64(reqCons), "consumed while halted")
+        a.collect()
+        #expect(a.responseCount == answered, "answered while halted")
         #expect(DaemonTest.code(try watcher.request("pause")) == "wrong-state")
         #expect(DaemonTest.code(try watcher.request("resume")) == "wrong-state")
         #expect(try watcher.call("status")["state"] == .string("halted"), "stays halted until detach")
@@ -295,9 +311,11 @@ import Testing
         // Published while paused: stays in the ring.
         for i in 0..<4 { a.enqueueWrite(id: 1000 + UInt64(i), sector: UInt64(i) * 8, gref: 12) }
         a.push()
-        a.frontend.kick.signal()
-        #expect(a.responsesDuring(milliseconds: 250) == 0)
+        let answered = a.responseCount
+        #expect(a.kickAndWaitUntilTaken(), "the daemon never read the kick")
         #expect(try DaemonTest.stats(toolstack).consumed == c1.consumed)
+        a.collect()
+        #expect(a.responseCount == answered, "answered while paused")
         // pause when paused: ok, reason unchanged, no new event.
         try watcher.call("pause")
         let s2 = try watcher.call("status")
@@ -307,7 +325,7 @@ import Testing
         #expect(a.wait(forResponses: 104))
         #expect(a.responses.values.allSatisfy { $0 == [0] })
         #expect(DaemonTest.code(try toolstack.request("resume")) == "wrong-state")
-        let events = try DaemonTest.drainEvents(watcher, quietMilliseconds: 100)
+        let events = try DaemonTest.eventsBeforeReply(watcher)
         let states = events.filter { $0["event"] == .string("state-changed") }.map { $0["state"]?.stringValue ?? "?" }
         #expect(states == ["running", "paused", "running"], "\(events)")
         let c2 = try DaemonTest.expectInvariant(toolstack)

@@ -16,15 +16,6 @@ import Testing
         case content(UInt64)
     }
 
-    static func hash(_ p: UnsafeRawPointer, _ n: Int) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for i in 0..<n {
-            h ^= UInt64(p.load(fromByteOffset: i, as: UInt8.self))
-            h &*= 0x100_0000_01b3
-        }
-        return h
-    }
-
     @Test(arguments: [(UInt64(1), FailureAction.report), (2, .report), (3, .pause), (4, .pause)])
     func randomRequestsUnderRandomFaults(seed: UInt64, action: FailureAction) throws {
         let h = try EngineHarness(
@@ -88,7 +79,7 @@ import Testing
                     var hashes: [UInt64] = []
                     for g in grefs {
                         h.fill(gref: g, seed: rng.next())
-                        hashes.append(Self.hash(h.frontend.page(g), 4096))
+                        hashes.append(BlockHash.of(h.frontend.page(g), 4096))
                     }
                     batch.append(readOrWrite(true))
                     pending[id] = Pending(op: 1, firstBlock: start, blockCount: count, grefs: grefs, hashes: hashes)
@@ -156,10 +147,10 @@ import Testing
                     for b in blocks { model[b] = .undefined }
                 case (0, 0) where p.firstBlock >= 0:
                     for (i, b) in blocks.enumerated() {
-                        let got = Self.hash(h.frontend.page(p.grefs[i]), 4096)
+                        let got = BlockHash.of(h.frontend.page(p.grefs[i]), 4096)
                         switch model[b] {
                         case .content(let want): #expect(got == want, "read of block \(b)")
-                        case .zeros: #expect(got == Self.zeroHash, "read of zero block \(b)")
+                        case .zeros: #expect(got == BlockHash.zeros, "read of zero block \(b)")
                         case .undefined: break
                         }
                     }
@@ -171,10 +162,10 @@ import Testing
         // Everything answered OKAY is really in the image.
         for b in 0..<Self.blocks {
             let bytes = h.readImage(offset: b * 4096, count: 4096)
-            let got = bytes.withUnsafeBytes { Self.hash($0.baseAddress!, 4096) }
+            let got = bytes.withUnsafeBytes { BlockHash.of($0.baseAddress!, 4096) }
             switch model[b] {
             case .content(let want): #expect(got == want, "image block \(b)")
-            case .zeros: #expect(got == Self.zeroHash, "image block \(b) should be zeros")
+            case .zeros: #expect(got == BlockHash.zeros, "image block \(b) should be zeros")
             case .undefined: break
             }
         }
@@ -196,11 +187,4 @@ import Testing
         #expect(okayWrites > 300)
         #expect(indirectRequests > 300)
     }
-
-    static let zeroHash: UInt64 = {
-        let p = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
-        defer { p.deallocate() }
-        p.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
-        return hash(p, 4096)
-    }()
 }

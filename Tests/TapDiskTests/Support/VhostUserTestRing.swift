@@ -117,6 +117,10 @@ struct VhostUserTestRing: ~Copyable {
     var usedIndex: UInt16 { host(Self.base + Self.usedOffset).load(fromByteOffset: 2, as: UInt16.self) }
     var usedFlags: UInt16 { host(Self.base + Self.usedOffset).load(as: UInt16.self) }
 
+    func setUsedFlags(_ value: UInt16) {
+        host(Self.base + Self.usedOffset).storeBytes(of: value, as: UInt16.self)
+    }
+
     func setUsedIndex(_ value: UInt16) {
         host(Self.base + Self.usedOffset).storeBytes(of: value, toByteOffset: 2, as: UInt16.self)
     }

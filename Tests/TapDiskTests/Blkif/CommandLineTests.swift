@@ -144,23 +144,21 @@ import Testing
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
-        // The fixture's start-up probe connection closes asynchronously: let the fd table settle.
-        var baseline = DaemonTest.fdCount(pid: daemon.pid)
-        DaemonTest.waitUntil(seconds: 2) {
-            usleep(50_000)
-            let now = DaemonTest.fdCount(pid: daemon.pid)
-            defer { baseline = now }
-            return now == baseline
-        }
+        // DaemonProcess returns once the daemon has processed its start-up probe's close.
+        let baseline = DaemonTest.fdCount(pid: daemon.pid)
         try process.run()
         defer {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
         }
-        // Wait until `ctl` has connected (one more fd in the daemon), then a little for its
-        // `subscribe` to be served.
+        // Wait until `ctl` has connected (one more fd in the daemon) and has its `subscribe`
+        // answered: it then waits for events, in a poll with its 60 s event timeout rather than the
+        // 30 s reply timeout.
         #expect(DaemonTest.waitUntil(seconds: 10) { DaemonTest.fdCount(pid: daemon.pid) > baseline })
-        usleep(200_000)
+        let subscribed = DaemonTest.waitUntil(seconds: 10) {
+            DaemonTest.pollTimeouts(pid: process.processIdentifier).contains { $0 > 30_000 }
+        }
+        #expect(subscribed, "ctl events is not waiting for events")
         let toolstack = try daemon.client()
         let driver = try DiskDriver(socketPath: daemon.socketPath)
         try toolstack.call("pause")

@@ -255,6 +255,18 @@ final class VhostUserTestFrontend {
 
     func kick() { kickFD.signal() }
 
+    /// Kicks and waits until the daemon has read the kick (the eventfd, which it shares, is no
+    /// longer readable). It services the ring before it reads its next control command, so a
+    /// control reply after this reflects everything published before the kick.
+    func kickAndWaitUntilTaken(seconds: Double = 10) -> Bool {
+        kick()
+        let fd = kickFD.rawValue
+        return DaemonTest.waitUntil(seconds: seconds) {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            return poll(&p, 1, 0) == 0
+        }
+    }
+
     /// Reads the used entries published since the last call; returns how many arrived.
     @discardableResult
     func collect() -> Int {
@@ -282,9 +294,18 @@ final class VhostUserTestFrontend {
     }
 
     /// How many used entries arrive within `milliseconds` (for "nothing more must come").
-    func usedDuring(milliseconds: Int) -> Int {
+    /// The used entries that arrive until the daemon has certainly seen everything this front-end published
+    /// and answered everything it took: it kicks, the daemon reads the kick, and `status` then
+    /// shows nothing in flight. An answer nobody asked for, or a second one, would be in the ring
+    /// by then, so "none" needs no window of time.
+    func usedOnceSettled(_ daemon: DaemonProcess, sourceLocation: SourceLocation = #_sourceLocation) -> Int {
         let before = used.count
-        _ = waitForUsed(total: Int.max, seconds: Double(milliseconds) / 1000)
+        #expect(kickAndWaitUntilTaken(), "the daemon never read the kick", sourceLocation: sourceLocation)
+        let idle = DaemonTest.waitUntil(seconds: 10) {
+            (try? daemon.client().call("status")["in-flight"]?.int64Value) == 0
+        }
+        #expect(idle, "requests still in flight", sourceLocation: sourceLocation)
+        collect()
         return used.count - before
     }
 

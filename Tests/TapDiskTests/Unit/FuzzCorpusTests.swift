@@ -7,7 +7,7 @@ import Testing
 /// `swift build` (scripts/test.sh runs it first); a missing one fails the test.
 @Suite struct FuzzCorpusTests {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
 
     static var binaryDirectory: String { URL(fileURLWithPath: DaemonProcess.binary).deletingLastPathComponent().path }
 

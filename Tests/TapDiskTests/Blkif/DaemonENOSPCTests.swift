@@ -174,7 +174,7 @@ struct DaemonENOSPCTests {
         #expect(c["responses-error"] == UInt64(failed.count) && c["responses-okay"] == UInt64(okay.count))
         #expect(c["write-bytes"] == UInt64(okay.count * Self.pagesPerWrite * 4096))
         // No pause under `report`.
-        var events = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 100)
+        var events = try DaemonTest.eventsBeforeReply(rig.watcher)
         #expect(!events.contains { $0["event"] == .string("state-changed") })
 
         // Rate limiting (§7): the first event of its kind suppressed nothing, and once one more
@@ -195,7 +195,7 @@ struct DaemonENOSPCTests {
             failedAgain = rig.driver.status(id) == -1
         }
         #expect(failedAgain, "no retried write failed: the filesystem is no longer full")
-        events += try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 300)
+        events += try DaemonTest.eventsBeforeReply(rig.watcher)
         let nospace =
             [event].compactMap { $0 }
             + events.filter {
@@ -231,9 +231,9 @@ struct DaemonENOSPCTests {
         rig.driver.collect()
         #expect(Int64(Self.writes - rig.driver.responseCount) >= held)
         #expect(rig.ids(withStatus: -1).isEmpty, "nothing is answered ERROR under pause")
-        _ = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 20)  // the pause so far
+        _ = try DaemonTest.eventsBeforeReply(rig.watcher)  // the pause so far
         #expect(rig.driver.responsesDuring(milliseconds: 600) == 0, "held writes stay held without new space")
-        let meanwhile = try DaemonTest.drainEvents(rig.watcher, quietMilliseconds: 50)
+        let meanwhile = try DaemonTest.eventsBeforeReply(rig.watcher)
         #expect(
             meanwhile.allSatisfy { $0["event"] != .string("state-changed") },
             "no auto-resume without new space: \(meanwhile)")

@@ -62,8 +62,7 @@ import Testing
         #expect(!q.enableNotifications() && ring.availEvent == 1)
 
         let legacy = try ring.queue(features: VirtioFeatures.version1, lastAvailableIndex: 1)
-        legacy.disableNotifications()
-        #expect(ring.usedFlags == 1)
+        ring.setUsedFlags(1)  // VRING_USED_F_NO_NOTIFY, as an earlier back-end may have left it
         #expect(!legacy.enableNotifications() && ring.usedFlags == 0)
     }
 

@@ -8,10 +8,10 @@ struct SystemdUnitTests {
     /// The highest acceptable "Overall exposure level" of `systemd-analyze security`.
     static let maximumExposure = 2.0
 
-    /// Repository root, from this file's location (Tests/TapDiskTests/SystemdUnitTests.swift).
+    /// Repository root, from this file's location (Tests/TapDiskTests/Blkif/SystemdUnitTests.swift).
     static let repoRoot: String = {
         var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
+        for _ in 0..<4 { url.deleteLastPathComponent() }
         return url.path
     }()
 

@@ -9,7 +9,7 @@ import Testing
 /// Heap allocations per request on the virtqueue front, through the daemon's own code: an
 /// in-process `Daemon` with `--vhost-user-blk`, stepped on this thread (`DiskLoop.step`, as
 /// `Daemon.run` does), and the test front-end on another thread. Only this thread's allocations
-/// are counted (AllocationTests.swift), so the front-end's own are not.
+/// are counted (Support/AllocationCounter.swift), so the front-end's own are not.
 @Suite(.serialized) struct VhostUserEngineAllocationTests {
     @Test(.timeLimit(.minutes(2))) func steadyStateAllocationsPerVirtioRequest() throws {
         try #require(mallocCounterActive, "the malloc counter is not interposed")

@@ -271,7 +271,7 @@ import Testing
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         _ = try client.call("info")
-        let baseline = DaemonTest.settledFDCount(pid: daemon.pid)
+        let baseline = DaemonTest.baselineFDCount(daemon, liveConnections: 1)
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         for count in [9, 16, 64, 250] {
             let fds =
@@ -298,7 +298,7 @@ import Testing
         let daemon = try DaemonProcess(imageBytes: 16 << 20)
         let client = try daemon.client()
         _ = try client.call("info")
-        let baseline = DaemonTest.settledFDCount(pid: daemon.pid)
+        let baseline = DaemonTest.baselineFDCount(daemon, liveConnections: 1)
         #expect(baseline > 0)
         let f = try BlockFrontend(pageOrder: 0, dataPages: 16)
         let three = [f.memory.rawValue, f.kick.rawValue, f.notify.rawValue]

@@ -8,25 +8,6 @@ import Testing
 /// A limit on control connections, and fd exhaustion that neither spins the loop nor deafens
 /// the control socket.
 @Suite struct ConnectionLimitTests {
-    /// CPU time (user + system, seconds) the process has used so far.
-    static func cpuSeconds(pid: Int32) -> Double {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = text.lastIndex(of: ")")
-        else { return 0 }
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
-        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
-    }
-
-    /// Share of one core used over `seconds`.
-    static func cpuShare(pid: Int32, seconds: Double) -> Double {
-        let before = cpuSeconds(pid: pid)
-        let start = MonotonicClock.nanoseconds()
-        usleep(UInt32(seconds * 1e6))
-        let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
-        return (cpuSeconds(pid: pid) - before) / elapsed
-    }
-
     static func logCount(_ log: String, _ phrase: String) -> Int {
         log.split(separator: "\n").filter { $0.contains(phrase) }.count
     }
@@ -36,9 +17,8 @@ import Testing
         defer { unlink(image) }
         let daemon = try DaemonProcess(image: image, arguments: ["--max-control-connections", "16"])
         defer { daemon.forceStop() }
-        // The fixture's start-up probe connection closes asynchronously.
-        #expect(DaemonTest.waitUntil(seconds: 5) { DaemonTest.fdCount(pid: daemon.pid) < 20 })
-        usleep(100_000)
+        // DaemonProcess returns once the daemon has processed its start-up probe's close, so the
+        // eight below are all the connections there are.
         var clients: [ControlClient] = []
         for _ in 0..<16 {
             let c = try daemon.client()
@@ -81,15 +61,8 @@ import Testing
         let daemon = try DaemonProcess(
             image: image, arguments: ["--cache", "writeback"], launcher: ["prlimit", "--nofile=40"])
         defer { daemon.forceStop() }
-        // The fixture's start-up probe connection closes asynchronously; a slot it frees later
-        // would end the episode early, so let the daemon's fd table settle first.
-        var baseline = DaemonTest.fdCount(pid: daemon.pid)
-        DaemonTest.waitUntil(seconds: 3) {
-            usleep(100_000)
-            let now = DaemonTest.fdCount(pid: daemon.pid)
-            defer { baseline = now }
-            return now == baseline
-        }
+        // DaemonProcess returns once the daemon has processed its start-up probe's close: no slot
+        // it frees later can end the episode early.
         var held: [Int32] = []
         defer { for fd in held { close(fd) } }
         for _ in 0..<60 {
@@ -97,8 +70,11 @@ import Testing
             if fd >= 0 { held.append(fd) }
         }
         #expect(held.count >= 50)
-        usleep(600_000)
-        let share = Self.cpuShare(pid: daemon.pid, seconds: 1.5)
+        // The episode has begun when the daemon says so; CPU is measured from there.
+        #expect(
+            DaemonTest.waitUntil(seconds: 10) { Self.logCount(daemon.log, "out of file descriptors") == 1 },
+            "no out-of-fds warning: \(daemon.log.suffix(1500))")
+        let share = DaemonTest.cpuShare(pid: daemon.pid, seconds: 1.5)
         #expect(share < 0.2, "the daemon used \(Int(share * 100))% CPU while out of fds")
         let start = MonotonicClock.nanoseconds()
         let ctl = try Tapdiskd.run(["ctl", "--socket", daemon.socketPath, "status"], timeoutSeconds: 10)

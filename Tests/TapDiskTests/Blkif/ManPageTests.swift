@@ -9,10 +9,10 @@ import Testing
 /// `--help` itself (and `--version`, which the binary does not have) is left out of the
 /// comparison.
 @Suite struct ManPageTests {
-    /// Repository root, from this file's location (Tests/TapDiskTests/ManPageTests.swift).
+    /// Repository root, from this file's location (Tests/TapDiskTests/Blkif/ManPageTests.swift).
     static let repoRoot: String = {
         var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
+        for _ in 0..<4 { url.deleteLastPathComponent() }
         return url.path
     }()
 

@@ -107,7 +107,7 @@ import Testing
             var hashes: [UInt64] = []
             for g in grefs {
                 Pattern.fill(frontend.page(g), bytes: 4096, seed: rng.next())
-                hashes.append(PropertyTests.hash(frontend.page(g), 4096))
+                hashes.append(BlockHash.of(frontend.page(g), 4096))
             }
             pending[id] = Pending(op: 1, firstBlock: start, blockCount: count, grefs: held, hashes: hashes)
             return readOrWrite(true)
@@ -137,10 +137,10 @@ import Testing
             case (0, 0) where p.firstBlock >= 0:
                 okayReads += 1
                 for (i, b) in blocks.enumerated() {
-                    let got = PropertyTests.hash(frontend.page(p.grefs[i]), 4096)
+                    let got = BlockHash.of(frontend.page(p.grefs[i]), 4096)
                     switch model[b] {
                     case .content(let want): #expect(got == want, "read of block \(b)")
-                    case .zeros: #expect(got == PropertyTests.zeroHash, "read of zero block \(b)")
+                    case .zeros: #expect(got == BlockHash.zeros, "read of zero block \(b)")
                     case .undefined: break
                     }
                 }
@@ -202,10 +202,10 @@ import Testing
         for b in 0..<Self.blocks {
             guard case .undefined = model[b] else {
                 let bytes = imageBlock(image, b)
-                let got = bytes.withUnsafeBytes { PropertyTests.hash($0.baseAddress!, 4096) }
+                let got = bytes.withUnsafeBytes { BlockHash.of($0.baseAddress!, 4096) }
                 let want =
                     model[b] == .zeros
-                    ? PropertyTests.zeroHash : { if case .content(let h) = model[b] { h } else { 0 } }()
+                    ? BlockHash.zeros : { if case .content(let h) = model[b] { h } else { 0 } }()
                 #expect(got == want, "image block \(b)")
                 continue
             }
