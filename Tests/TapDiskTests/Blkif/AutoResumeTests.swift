@@ -42,10 +42,7 @@ struct AutoResumeTests {
                 for tenant in otherTenants {
                     try Self.writeRandomFile(fs.path(tenant.name), bytes: tenant.bytes, rng: &rng)
                 }
-                let image = fs.path("disk.img")
-                let fd = open(image, O_RDWR | O_CREAT | O_EXCL, 0o600)
-                guard fd >= 0, ftruncate(fd, 64 << 20) == 0 else { throw Errno.current }
-                close(fd)
+                let image = try RealENOSPCTests.makeSparseImage(fs.path("disk.img"), bytes: 64 << 20)
                 fs.syncDirectory()
                 daemon = try DaemonProcess(image: image, arguments: ["--on-nospace", "pause", "--pause-timeout", "0"])
             } catch {

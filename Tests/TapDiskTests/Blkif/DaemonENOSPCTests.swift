@@ -26,10 +26,7 @@ struct DaemonENOSPCTests {
         init(arguments: [String]) throws {
             fs = try LoopFilesystem(sizeMiB: 16)
             do {
-                image = fs.path("disk.img")
-                let fd = open(image, O_RDWR | O_CREAT | O_EXCL, 0o600)
-                guard fd >= 0, ftruncate(fd, 64 << 20) == 0 else { throw Errno.current }
-                close(fd)
+                image = try RealENOSPCTests.makeSparseImage(fs.path("disk.img"), bytes: 64 << 20)
                 try fs.fill(leaving: 1 << 20)
                 daemon = try DaemonProcess(image: image, arguments: arguments)
             } catch {
