@@ -6,7 +6,9 @@ against one long-running daemon, alternating, and the table reports medians over
 IOPS of both, the ratio, p50/p99 latency, and the daemon's CPU seconds per 1,000 I/Os
 (utime+stime from /proc/PID/stat over the tapdiskd case). Placement: `colocated` leaves all
 processes to the scheduler; `split` pins the daemon to CPU 0 (--cpu 0) and both load
-generators (fio, tapdiskd bench) to CPU 1 (taskset).
+generators (fio, tapdiskd bench) to CPU 1 (taskset); `pinN` pins the daemon and both load
+generators to CPU N. At QD1 the placement decides the latency (docs/performance.md, "QD1 writes:
+where the extra latency goes"): compare cases only within one placement.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
@@ -92,9 +94,17 @@ def main():
           f"{a.seconds:g} s per case after {a.ramp:g} s ramp; medians of {a.rounds} alternating rounds; "
           f"daemon `--cache none --poll-us {a.poll_us}`.\n")
     for placement in a.placement.split(","):
-        daemon_cpu, pin = (0, ["taskset", "-c", "1"]) if placement == "split" else (None, [])
-        where = ("daemon on CPU 0 (`--cpu 0`), fio and `tapdiskd bench` on CPU 1 (taskset)" if placement == "split"
-                 else "no pinning: daemon, fio and `tapdiskd bench` where the scheduler puts them")
+        if placement == "split":
+            daemon_cpu, pin = 0, ["taskset", "-c", "1"]
+            where = "daemon on CPU 0 (`--cpu 0`), fio and `tapdiskd bench` on CPU 1 (taskset)"
+        elif placement.startswith("pin") and placement[3:].isdigit():
+            daemon_cpu, pin = int(placement[3:]), ["taskset", "-c", placement[3:]]
+            where = f"daemon, fio and `tapdiskd bench` all on CPU {daemon_cpu} (`--cpu`, taskset)"
+        elif placement == "colocated":
+            daemon_cpu, pin = None, []
+            where = "no pinning: daemon, fio and `tapdiskd bench` where the scheduler puts them"
+        else:
+            sys.exit(f"unknown placement {placement!r}: colocated, split or pinN")
         daemon = start_daemon(a.tapdiskd, a.image, socket, a.poll_us, daemon_cpu, os.path.join(work, "d.log"))
         results = {c: {"fio": [], "td": []} for c in a.cases.split(",")}
         try:
