@@ -54,7 +54,7 @@ def sector(rest):
     return rest.split("()")[1].split("+")[0].strip()
 
 
-def timeline(data, waiter, client):
+def timeline(data, waiter, client, writes):
     """One dict of timestamps per request issued by `waiter` (None: fio's job, found by its issues)."""
     evs = list(events(data))
     if waiter is None:
@@ -73,10 +73,14 @@ def timeline(data, waiter, client):
         elif "complete" not in cur:
             if name == "block:block_rq_complete" and sector(rest) == cur["sector"]:
                 cur["complete"], cur["irq_cpu"] = t, cpu
-        elif name == "workqueue:workqueue_execute_start" and "iomap_dio_complete_work" in rest:
-            cur.setdefault("wq_start", t)
-        elif name == "workqueue:workqueue_execute_end" and "iomap_dio_complete_work" in rest:
-            cur.setdefault("wq_end", t)
+        elif name.startswith("workqueue:") and "iomap_dio_complete_work" in rest:
+            # Only a write's own completion: started before its waiter wakes (the work wakes it),
+            # on the interrupt's CPU (the dio workqueue is per CPU); not other processes' writes.
+            if writes and cpu == cur["irq_cpu"]:
+                if name.endswith("start") and "w_wake" not in cur:
+                    cur.setdefault("wq_start", t)
+                elif name.endswith("end") and "wq_start" in cur:
+                    cur.setdefault("wq_end", t)
         elif name == "sched:sched_wakeup" and f"pid={waiter} " in rest and "w_wake" not in cur:
             cur["w_wake"], cur["w_cpu"] = t, int(rest.split("target_cpu=")[1])
         elif name == "sched:sched_switch" and f"next_pid={waiter} " in rest and "w_wake" in cur:
@@ -129,11 +133,11 @@ def main():
                     cmd = pin + ["fio", "--name=x", f"--filename={a.image}", "--ioengine=libaio", "--direct=1",
                                  f"--rw={rw}", "--bs=4k", "--iodepth=1", "--runtime=3", "--time_based"]
                     record(cmd, data)
-                    ios = timeline(data, None, None)
+                    ios = timeline(data, None, None, rw.endswith("write"))
                 else:
                     cmd = pin + [a.tapdiskd, "bench", "--socket", socket, "--rw", rw, "--seconds", "3"]
                     client = record(cmd, data)
-                    ios = timeline(data, daemon.pid, client)
+                    ios = timeline(data, daemon.pid, client, rw.endswith("write"))
                 for label, start, end in STEPS:
                     xs = [x[end] - x[start] for x in ios if start in x and end in x]
                     if xs:
