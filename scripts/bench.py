@@ -6,7 +6,9 @@ against one long-running daemon, alternating, and the table reports medians over
 IOPS of both, the ratio, p50/p99 latency, and the daemon's CPU seconds per 1,000 I/Os
 (utime+stime from /proc/PID/stat over the tapdiskd case). Placement: `colocated` leaves all
 processes to the scheduler; `split` pins the daemon to CPU 0 (--cpu 0) and both load
-generators (fio, tapdiskd bench) to CPU 1 (taskset).
+generators (fio, tapdiskd bench) to CPU 1 (taskset); `pinN` pins the daemon and both load
+generators to CPU N. At QD1 the placement decides the latency (docs/performance.md, "QD1 writes:
+where the extra latency goes"): compare cases only within one placement.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
@@ -58,6 +60,18 @@ def bench(tapdiskd, socket, rw, bs, depth, seconds, ramp, pin, daemon_pid):
     return {"iops": r["iops"], "mibs": r["mib-per-s"], "p50": r["lat-us"]["p50"], "p99": r["lat-us"]["p99"], "cpu_per_k": cpu_per_k}
 
 
+def placement(name):
+    """(daemon --cpu, load generator prefix, description) of a placement name."""
+    if name == "colocated":
+        return None, [], "no pinning: daemon, fio and `tapdiskd bench` where the scheduler puts them"
+    if name == "split":
+        return 0, ["taskset", "-c", "1"], "daemon on CPU 0 (`--cpu 0`), fio and `tapdiskd bench` on CPU 1 (taskset)"
+    if name.startswith("pin") and name[3:].isdigit():
+        return int(name[3:]), ["taskset", "-c", name[3:]], \
+            f"daemon, fio and `tapdiskd bench` all on CPU {name[3:]} (`--cpu`, taskset)"
+    sys.exit(f"unknown placement {name!r}: colocated, split or pinN")
+
+
 def start_daemon(tapdiskd, image, socket, poll_us, daemon_cpu, logpath):
     args = [tapdiskd, "--image", image, "--socket", socket, "--cache", "none", "--log-level", "warning",
             "--poll-us", str(poll_us)]
@@ -84,6 +98,7 @@ def main():
     ap.add_argument("--placement", default="colocated,split")
     ap.add_argument("--cases", default=",".join(CASES))
     a = ap.parse_args()
+    placements = [(name, placement(name)) for name in a.placement.split(",")]
     work = tempfile.mkdtemp(prefix="tapdisk-bench.")
     socket = os.path.join(work, "d.sock")
     fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", os.path.dirname(a.image)],
@@ -91,10 +106,7 @@ def main():
     print(f"Image: 1 GiB at `{a.image}` ({fs}, fully written), kernel {os.uname().release}, {os.cpu_count()} CPUs; "
           f"{a.seconds:g} s per case after {a.ramp:g} s ramp; medians of {a.rounds} alternating rounds; "
           f"daemon `--cache none --poll-us {a.poll_us}`.\n")
-    for placement in a.placement.split(","):
-        daemon_cpu, pin = (0, ["taskset", "-c", "1"]) if placement == "split" else (None, [])
-        where = ("daemon on CPU 0 (`--cpu 0`), fio and `tapdiskd bench` on CPU 1 (taskset)" if placement == "split"
-                 else "no pinning: daemon, fio and `tapdiskd bench` where the scheduler puts them")
+    for placement_name, (daemon_cpu, pin, where) in placements:
         daemon = start_daemon(a.tapdiskd, a.image, socket, a.poll_us, daemon_cpu, os.path.join(work, "d.log"))
         results = {c: {"fio": [], "td": []} for c in a.cases.split(",")}
         try:
@@ -105,13 +117,13 @@ def main():
                     t = bench(a.tapdiskd, socket, rw, bs, depth, a.seconds, a.ramp, pin, daemon.pid)
                     results[c]["fio"].append(f)
                     results[c]["td"].append(t)
-                    log(f"[{placement} round {rnd + 1}] {c}: fio {f['iops']:.0f} tapdiskd {t['iops']:.0f} "
+                    log(f"[{placement_name} round {rnd + 1}] {c}: fio {f['iops']:.0f} tapdiskd {t['iops']:.0f} "
                         f"ratio {t['iops'] / f['iops']:.2f} cpu/1k {t['cpu_per_k'] * 1000:.1f} ms")
         finally:
             daemon.terminate()
             daemon.wait()
         med = lambda xs, k: statistics.median(x[k] for x in xs)
-        print(f"### Placement: {placement} ({where})\n")
+        print(f"### Placement: {placement_name} ({where})\n")
         print("| case | fio IOPS | tapdiskd IOPS | ratio (median of per-round) | fio p50/p99 µs | tapdiskd p50/p99 µs "
               "| daemon CPU ms per 1k I/O |")
         print("|---|---|---|---|---|---|---|")

@@ -8,8 +8,9 @@
 # `tapdiskd --cache none` daemon, alternating, and prints Markdown tables of medians (IOPS, ratio,
 # p50/p99, daemon CPU per 1,000 I/Os) on stdout; progress goes to stderr. Environment:
 # BENCH_IMAGE (default /var/tmp/tapdisk-bench.img), BENCH_RAMP (default 1), BENCH_POLL_US
-# (the daemon's --poll-us, default 0), BENCH_PLACEMENT (colocated,split), BENCH_CASES
-# (comma-separated names from scripts/bench.py), BENCH_KEEP_IMAGE=1 keeps the image.
+# (the daemon's --poll-us, default 0), BENCH_PLACEMENT (default colocated,split; pinN puts all
+# three on CPU N), BENCH_CASES (comma-separated names from scripts/bench.py), BENCH_KEEP_IMAGE=1
+# keeps the image.
 set -euo pipefail
 
 seconds=${1:-5}
