@@ -14,7 +14,7 @@ import Testing
 /// requests never overlap, so a WRITE executed twice (before the kill and again after) writes
 /// the same bytes and the model stays exact.
 ///
-/// The normal suite does 12 kills (about 10 s). The long run the project's figures come from:
+/// The normal suite does 20 kills (about 3 s). The long run the project's figures come from:
 ///
 ///     TAPDISK_RECOVERY_KILLS=100 swift test --skip-build --filter RecoveryPropertyTests
 @Suite struct RecoveryPropertyTests {
@@ -30,7 +30,7 @@ import Testing
     }
 
     @Test func killNineUnderLoad() throws {
-        let kills = Int(ProcessInfo.processInfo.environment["TAPDISK_RECOVERY_KILLS"] ?? "") ?? 12
+        let kills = Int(ProcessInfo.processInfo.environment["TAPDISK_RECOVERY_KILLS"] ?? "") ?? 20
         let image = try DaemonTest.image(bytes: Self.blocks * 4096)
         defer { unlink(image) }
         let directory = DaemonProcess.makeDirectory()
