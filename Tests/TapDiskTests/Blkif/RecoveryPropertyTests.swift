@@ -168,4 +168,48 @@ import Testing
         )
         #expect(disk.resubmitted > 0 && indirectSent > 0)
     }
+
+    /// `tapdiskd bench --recover` keeps running across three `kill -9`s of the daemon it drives
+    /// (each while the bench is attached and loading it) and reports each recovery once.
+    @Test func benchRecoverSurvivesKills() throws {
+        let image = try DaemonTest.image(bytes: 16 << 20)
+        defer { unlink(image) }
+        let directory = DaemonProcess.makeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var daemon = try DaemonProcess(image: image, directory: directory, keepsDirectory: true)
+        let bench = Process()
+        bench.executableURL = URL(fileURLWithPath: DaemonProcess.binary)
+        bench.arguments = [
+            "bench", "--socket", daemon.socketPath, "--recover", "--rw", "randwrite", "--iodepth", "8", "--seconds",
+            "4", "--json",
+        ]
+        let out = Pipe()
+        bench.standardOutput = out
+        bench.standardError = FileHandle.nullDevice
+        try bench.run()
+        defer {
+            if bench.isRunning { kill(bench.processIdentifier, SIGKILL) }
+            bench.waitUntilExit()
+        }
+        func attachedAndServing() -> Bool {
+            guard let c = try? ControlClient(socketPath: daemon.socketPath),
+                let status = try? c.call("status"), let stats = try? c.call("stats")
+            else { return false }
+            return status["state"]?.stringValue == "running"
+                && (stats["counters"]?.objectValue?["write-requests"]?.uint64Value ?? 0) > 0
+        }
+        for _ in 0..<3 {
+            #expect(DaemonTest.waitUntil(seconds: 20) { attachedAndServing() }, "the bench did not reattach")
+            daemon.signal(SIGKILL)
+            #expect(daemon.waitForExit() != nil)
+            daemon = try DaemonProcess(image: image, directory: directory, waitsUntilReady: false, keepsDirectory: true)
+        }
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        bench.waitUntilExit()
+        #expect(bench.terminationStatus == 0)
+        let report = try JSONParser.parse(String(decoding: output, as: UTF8.self))
+        #expect(report["recoveries"]?.uint64Value == 3, "\(report)")
+        #expect(report["dropped-responses"]?.uint64Value == 0)
+        #expect(report["errors"]?.uint64Value == 0 && report["ok"] == .bool(true))
+    }
 }
