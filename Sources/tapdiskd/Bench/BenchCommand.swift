@@ -8,7 +8,9 @@ import TapDisk
 /// It keeps exactly `--iodepth` requests in flight for `--seconds`, refilling as responses are
 /// reaped, and reports IOPS, MiB/s and submit→response latency. The measuring loop does not
 /// allocate: request templates, per-slot timestamps, the free-slot stack and the latency
-/// histogram are preallocated, and requests are written into ring slots straight from them.
+/// histogram are preallocated, and requests go to the ring through `RecoveringDisk`, whose shadow
+/// is preallocated too. With `--recover` it survives a daemon restart (`kill -9` and a supervisor
+/// starting a new daemon on the same socket): requests are resubmitted, none is counted twice.
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
@@ -47,11 +49,23 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Random seed for offsets.")
     var seed: UInt64 = 0x5EED
 
+    @Flag(
+        help:
+            "Survive daemon restarts: on a hang-up reconnect, attach a fresh ring and resubmit every unanswered request (PROTOCOL.md §2.3); report recoveries and the stall per recovery."
+    )
+    var recover = false
+
+    @Option(
+        name: .customLong("reconnect-seconds"),
+        help: "With --recover: how long one recovery waits for a restarted daemon to accept an attach.")
+    var reconnectSeconds: Double = 30
+
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
     func validate() throws {
         guard iodepth >= 1 else { throw ValidationError("--iodepth must be at least 1") }
+        guard reconnectSeconds > 0 else { throw ValidationError("--reconnect-seconds must be positive") }
         guard seconds > 0, ramp >= 0 else { throw ValidationError("--seconds must be positive, --ramp not negative") }
         let bytes: UInt64
         do { bytes = try ByteSize.parse(bs) } catch { throw ValidationError("--bs: \(error.message)") }
@@ -79,12 +93,13 @@ struct BenchCommand: ParsableCommand {
             )
         }
         let pagesPerRequest = (blockBytes + RingLayout.pageSize - 1) / RingLayout.pageSize
-        let disk: RemoteDisk
+        let disk: RecoveringDisk
         do {
             // INDIRECT requests need one more page per slot for their descriptors.
             let indirect = pagesPerRequest > RingLayout.maxSegments
-            disk = try RemoteDisk(
-                socketPath: socket, pageOrder: order, dataPages: iodepth * (pagesPerRequest + (indirect ? 1 : 0)))
+            disk = try RecoveringDisk(
+                socketPath: socket, pageOrder: order, dataPages: iodepth * (pagesPerRequest + (indirect ? 1 : 0)),
+                recovers: recover, reconnectSeconds: reconnectSeconds)
         } catch {
             throw ReportedFailure(message: "tapdiskd bench: attach: \(error)")
         }
@@ -97,7 +112,7 @@ struct BenchCommand: ParsableCommand {
             blocks: diskBytes / UInt64(blockBytes), seed: seed)
         let outcome = runner.run(rampNanos: UInt64(ramp * 1e9), measureNanos: UInt64(seconds * 1e9))
         runner.release()
-        let detached = try? disk.detach()
+        let detached = try? disk.disk.detach()
         let report = runner.report(outcome: outcome, ringPageOrder: order)
         print(json ? report.json : report.text)
         if detached == nil { printError("tapdiskd bench: detach failed") }

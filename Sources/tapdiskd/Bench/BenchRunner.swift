@@ -17,8 +17,7 @@ final class BenchRunner {
         var errors: UInt64
     }
 
-    let disk: RemoteDisk
-    let frontend: BlockFrontend
+    let disk: RecoveringDisk
     let pattern: BenchCommand.Pattern
     let blockBytes: Int
     let depth: Int
@@ -40,11 +39,11 @@ final class BenchRunner {
     var firstErrorStatus: Int16 = 0
 
     init(
-        disk: RemoteDisk, pattern: BenchCommand.Pattern, blockBytes: Int, pagesPerRequest: Int, depth: Int,
+        disk: RecoveringDisk, pattern: BenchCommand.Pattern, blockBytes: Int, pagesPerRequest: Int, depth: Int,
         blocks: UInt64, seed: UInt64
     ) {
         self.disk = disk
-        frontend = disk.frontend
+        let frontend = disk.frontend
         self.pattern = pattern
         self.blockBytes = blockBytes
         self.depth = depth
@@ -131,14 +130,14 @@ final class BenchRunner {
             t.pointee.sector_number = nextBlock() &* sectorsPerBlock
             inFlight[slot] = true
             submittedAt[slot] = now
-            frontend.enqueue(t.pointee)
+            disk.enqueue(t.pointee)
         }
     }
 
     @inline(__always)
-    private func complete(_ r: FrontendRing.Response, now: UInt64) {
-        let slot = Int(truncatingIfNeeded: r.id)
-        guard r.id < UInt64(depth), inFlight[slot] else {
+    private func complete(_ r: RecoveringDisk.Completion, now: UInt64) {
+        let slot = Int(truncatingIfNeeded: r.tag)
+        guard r.tag < UInt64(depth), inFlight[slot] else {
             badResponses &+= 1
             return
         }
@@ -164,16 +163,22 @@ final class BenchRunner {
         var lastCompletion = begin
         var submitting = true
         refill(now: MonotonicClock.nanoseconds())
-        frontend.push()
+        disk.push()
         while freeCount < depth {
             var got = 0
-            let next = frontend.reap { r in
-                let now = MonotonicClock.nanoseconds()
-                complete(r, now: now)
-                lastCompletion = now
-                got += 1
+            do {
+                try disk.reap { r in
+                    let now = MonotonicClock.nanoseconds()
+                    complete(r, now: now)
+                    lastCompletion = now
+                    got += 1
+                }
+            } catch {
+                outcome.ok = false
+                outcome.failure = "\(error)"
+                break
             }
-            if next == .violation || badResponses > 0 {
+            if badResponses > 0 {
                 outcome.ok = false
                 outcome.failure = "the daemon answered a request that was not outstanding"
                 break
@@ -189,15 +194,20 @@ final class BenchRunner {
                 if now >= end { submitting = false }
                 if submitting && freeCount > 0 {
                     refill(now: MonotonicClock.nanoseconds())
-                    frontend.push()
+                    disk.push()
                 }
                 continue
             }
-            guard disk.waitForResponses(timeoutMilliseconds: 10_000) else {
+            let recoveriesBefore = disk.recoveries
+            do {
+                try disk.wait(timeoutMilliseconds: 10_000)
+            } catch {
                 outcome.ok = false
-                outcome.failure = "the daemon hung up"
+                outcome.failure = "\(error)"
                 break
             }
+            // A recovery's reconnect has a deadline of its own; the stall clock restarts after it.
+            if disk.recoveries != recoveriesBefore { lastCompletion = MonotonicClock.nanoseconds() }
             if MonotonicClock.nanoseconds() &- lastCompletion > 30_000_000_000 {
                 outcome.ok = false
                 outcome.failure = "no response for 30 s with \(depth - freeCount) requests outstanding"
@@ -219,11 +229,18 @@ final class BenchRunner {
         let p999 = histogram.percentile(99.9) / 1000
         let maxUs = Double(histogram.maximum) / 1000
         let failure = outcome.ok ? "" : outcome.failure
+        let stalls = disk.stalls.sorted()
+        let stallMedianMs = stalls.isEmpty ? 0 : Double(stalls[stalls.count / 2]) / 1e6
+        let stallMaxMs = Double(stalls.last ?? 0) / 1e6
+        let recovery =
+            disk.recovers
+            ? ",\"recoveries\":\(disk.recoveries),\"resubmitted\":\(disk.resubmitted),\"dropped-responses\":\(disk.droppedResponses),\"stall-ms\":{\"median\":\(fixedPoint(stallMedianMs, 1)),\"max\":\(fixedPoint(stallMaxMs, 1))}"
+            : ""
         let json = """
             {"rw":"\(pattern.rawValue)","bs":\(blockBytes),"iodepth":\(depth),"ring-page-order":\(ringPageOrder),\
             "seconds":\(fixedPoint(secs, 3)),"completed":\(outcome.completed),"iops":\(fixedPoint(iops, 1)),"mib-per-s":\(fixedPoint(mibs, 2)),\
             "lat-us":{"mean":\(fixedPoint(mean, 2)),"p50":\(fixedPoint(p50, 2)),"p99":\(fixedPoint(p99, 2)),"p99.9":\(fixedPoint(p999, 2)),"max":\(fixedPoint(maxUs, 2))},\
-            "errors":\(errors),"first-error-status":\(firstErrorStatus),"ok":\(outcome.ok && errors == 0),"failure":"\(failure)"}
+            "errors":\(errors),"first-error-status":\(firstErrorStatus),"ok":\(outcome.ok && errors == 0),"failure":"\(failure)"\(recovery)}
             """
         var text = """
             tapdiskd bench: \(pattern.rawValue) bs=\(blockBytes) iodepth=\(depth) ring-page-order=\(ringPageOrder)
@@ -232,6 +249,10 @@ final class BenchRunner {
               errors: \(errors)
             """
         if errors > 0 { text += " (first status \(firstErrorStatus))" }
+        if disk.recovers {
+            text +=
+                "\n  recoveries: \(disk.recoveries), resubmitted \(disk.resubmitted), dropped responses \(disk.droppedResponses), stall (ms): median \(fixedPoint(stallMedianMs, 1)), max \(fixedPoint(stallMaxMs, 1))"
+        }
         if !outcome.ok { text += "\n  FAILED: \(failure)" }
         return Report(text: text, json: json, errors: errors)
     }

@@ -13,6 +13,9 @@ final class DaemonProcess: @unchecked Sendable {
     let imagePath: String
     /// A temporary image this fixture created and removes when it goes away.
     private var ownedImage: String? = nil
+    /// Whether `deinit` leaves the directory alone: a test that restarts daemons on one socket
+    /// path (the recovery test's supervisor) owns the directory itself.
+    private let keepsDirectory: Bool
 
     /// The binary next to the test bundle (`swift build` puts both in the same folder).
     static var binary: String {
@@ -36,11 +39,13 @@ final class DaemonProcess: @unchecked Sendable {
 
     /// Starts `tapdiskd --image IMAGE --socket DIR/disk.sock ARGS` and waits until it answers.
     /// `launcher` runs in front of the binary and must exec it (e.g. `["prlimit", "--nofile=40"]`),
-    /// so the process id stays the daemon's.
+    /// so the process id stays the daemon's. With `waitsUntilReady` false it returns once the
+    /// process is spawned, as a supervisor restarting a daemon does (a frontend keeps retrying).
     init(
         image: String, arguments: [String] = [], directory: String? = nil, environment: [String: String]? = nil,
-        launcher: [String] = []
+        launcher: [String] = [], waitsUntilReady: Bool = true, keepsDirectory: Bool = false
     ) throws {
+        self.keepsDirectory = keepsDirectory
         self.directory = directory ?? Self.makeDirectory()
         imagePath = image
         socketPath = self.directory + "/disk.sock"
@@ -58,6 +63,7 @@ final class DaemonProcess: @unchecked Sendable {
         process.standardOutput = FileHandle(forWritingAtPath: logPath)
         if let environment { process.environment = environment }
         try process.run()
+        guard waitsUntilReady else { return }
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             if !process.isRunning { throw Failure("tapdiskd exited at startup (\(process.terminationStatus)): \(log)") }
@@ -120,7 +126,7 @@ final class DaemonProcess: @unchecked Sendable {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
-        try? FileManager.default.removeItem(atPath: directory)
+        if !keepsDirectory { try? FileManager.default.removeItem(atPath: directory) }
         if let ownedImage { unlink(ownedImage) }
     }
 }
