@@ -16,27 +16,27 @@ import Testing
 // engine and frontend under test are single-threaded by design. The counter itself never
 // allocates (two atomics, `pthread_self`).
 
+@_silgen_name("__libc_malloc") private func libcMalloc(_ size: Int) -> UnsafeMutableRawPointer?
+@_silgen_name("__libc_calloc") private func libcCalloc(_ n: Int, _ size: Int) -> UnsafeMutableRawPointer?
+@_silgen_name("__libc_realloc") private func libcRealloc(_ p: UnsafeMutableRawPointer?, _ size: Int)
+    -> UnsafeMutableRawPointer?
+@_silgen_name("__libc_memalign") private func libcMemalign(_ alignment: Int, _ size: Int)
+    -> UnsafeMutableRawPointer?
+
+private let countedThread = Atomic<UInt>(0)
+private let countedAllocations = Atomic<Int>(0)
+
+@inline(__always)
+private func noteAllocation() {
+    let t = countedThread.load(ordering: .relaxed)
+    if t != 0 && t == UInt(pthread_self()) {
+        countedAllocations.wrappingAdd(1, ordering: .relaxed)
+    }
+}
+
 // Not compiled under a sanitizer (scripts/test.sh --sanitize): ASan and TSan define malloc
 // themselves, and these tests skip (Support/Sanitizer.swift).
 #if !TAPDISK_SANITIZER
-    @_silgen_name("__libc_malloc") private func libcMalloc(_ size: Int) -> UnsafeMutableRawPointer?
-    @_silgen_name("__libc_calloc") private func libcCalloc(_ n: Int, _ size: Int) -> UnsafeMutableRawPointer?
-    @_silgen_name("__libc_realloc") private func libcRealloc(_ p: UnsafeMutableRawPointer?, _ size: Int)
-        -> UnsafeMutableRawPointer?
-    @_silgen_name("__libc_memalign") private func libcMemalign(_ alignment: Int, _ size: Int)
-        -> UnsafeMutableRawPointer?
-
-    private let countedThread = Atomic<UInt>(0)
-    private let countedAllocations = Atomic<Int>(0)
-
-    @inline(__always)
-    private func noteAllocation() {
-        let t = countedThread.load(ordering: .relaxed)
-        if t != 0 && t == UInt(pthread_self()) {
-            countedAllocations.wrappingAdd(1, ordering: .relaxed)
-        }
-    }
-
     @_cdecl("malloc")
     func countingMalloc(_ size: Int) -> UnsafeMutableRawPointer? {
         noteAllocation()
