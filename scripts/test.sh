@@ -8,10 +8,13 @@
 # with `--sanitize KIND` in a build folder of its own (.build-asan or .build-tsan, so the normal
 # .build stays valid), compiles the tests with -DTAPDISK_SANITIZER, exports TAPDISK_SANITIZER=KIND
 # and runs the whole suite. Tests that cannot mean anything under a sanitizer skip themselves with
-# the reason (Tests/TapDiskTests/Support/Sanitizer.swift lists them). Under address, LeakSanitizer
-# runs too (ASAN_OPTIONS below); any report from the daemon fails the test that started it, because
-# the daemon then exits non-zero. It prints the build and test times at the end. What each mode
-# costs and what it found: docs/architecture.md, "Testing".
+# the reason (Tests/TapDiskTests/Support/Sanitizer.swift lists them). Every report, from any
+# process (the daemons the tests spawn, the demo, the test binary), goes to a file in
+# .build-Xsan/sanitizer-reports (log_path), so one that lands in a daemon log nobody reads still
+# counts: the run fails if any file is there, and their summaries are printed. Under address,
+# LeakSanitizer checks every process at exit except the test binary itself (Sanitizer.swift says
+# why). It prints the build and test times at the end; what each mode costs and what it found:
+# docs/architecture.md, "Tests".
 #
 # Many tests need root (loop-mounted ext4 for ENOSPC); without root they are skipped, not failed.
 # As root it also builds the guest that the QEMU suites boot (scripts/guest.sh build, cached in
@@ -50,11 +53,15 @@ address | thread)
     scratch=.build-${sanitize:0:1}san
     build_args=(--sanitize "$sanitize" --scratch-path "$scratch" -Xswiftc -DTAPDISK_SANITIZER)
     export TAPDISK_SANITIZER=$sanitize
-    # A sanitizer report must stop the process that made it (a daemon that exits non-zero fails
-    # its test). The Swift backtracer would otherwise also handle the crash and can hang.
+    # ASan stops a process at its first error (a daemon that dies fails its test); TSan goes on,
+    # so one run collects every race. The Swift backtracer would also handle an ASan abort, and
+    # can hang.
     export SWIFT_BACKTRACE=enable=no
-    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
-    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1}
+    reports=$PWD/$scratch/sanitizer-reports
+    rm -rf "$reports"
+    mkdir -p "$reports"
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:log_path=$reports/asan}
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:log_path=$reports/tsan}
     ;;
 *)
     echo "test.sh: --sanitize takes address or thread, not '$sanitize'" >&2
@@ -84,5 +91,10 @@ swift test --skip-build "${build_args[@]}" "${test_args[@]}"
 status=$?
 test_seconds=$((SECONDS - test_start))
 set -e
+if [[ -n $sanitize ]] && compgen -G "$reports/*" >/dev/null; then
+    echo "test.sh: $(ls "$reports" | wc -l) sanitizer report(s) in $reports:" >&2
+    grep -h -E "^(SUMMARY|WARNING: ThreadSanitizer|==[0-9]+==ERROR)" "$reports"/* | sort | uniq -c >&2
+    status=1
+fi
 echo "test.sh: ${sanitize:-no} sanitizer: build ${build_seconds} s, tests ${test_seconds} s, status $status" >&2
 exit "$status"

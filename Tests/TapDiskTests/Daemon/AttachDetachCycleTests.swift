@@ -119,7 +119,11 @@ import Testing
             "attach/detach cycles: \(total) (\(inFlightDetaches) detached with writes in flight, \(crashes) frontend crashes; \(answeredAfter) writes answered after the detach or close, \(unconsumed) not consumed before the detach), \(String(format: "%.0f", Double(total - Self.warmUpCycles) / seconds)) cycles/s after warm-up; daemon fds \(fdsAfterWarmUp) -> \(fds), VmRSS \(rssAfterWarmUp) -> \(rss) KiB; responses \(stats.responses)"
         )
         #expect(fds == fdsAfterWarmUp, "daemon fds after \(Self.warmUpCycles) cycles and after \(total)")
-        #expect(rss >= 0 && rss - rssAfterWarmUp <= Self.rssSlackKiB, "VmRSS \(rssAfterWarmUp) -> \(rss) KiB")
+        // Under a sanitizer RSS says nothing about leaks: ASan keeps freed blocks in a 256 MiB
+        // quarantine (55 -> 160 MiB over this test) and LeakSanitizer checks the daemon at exit.
+        if !Sanitizer.active {
+            #expect(rss >= 0 && rss - rssAfterWarmUp <= Self.rssSlackKiB, "VmRSS \(rssAfterWarmUp) -> \(rss) KiB")
+        }
         #expect(stats["in-flight"] == 0 && stats["held"] == 0)
         #expect(stats.responses == answeredTotal, "every response the daemon wrote was read once")
         #expect(stats["write-requests"] == answeredTotal)

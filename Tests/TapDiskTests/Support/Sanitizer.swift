@@ -12,6 +12,10 @@ import Testing
 /// - `AllocationTests`, `VhostUserAllocationTests`, `VhostUserEngineAllocationTests`: they count
 ///   malloc calls through a malloc the test binary defines; ASan and TSan bring their own malloc
 ///   (the counting one is not compiled in), and their runtimes allocate on the measured thread.
+///
+/// And one check inside a test: `AttachDetachCycleTests` does not bound the daemon's RSS (ASan keeps
+/// freed blocks in a 256 MiB quarantine; LeakSanitizer checks that daemon at exit instead). Its fd
+/// check stays.
 enum Sanitizer {
     #if TAPDISK_SANITIZER
         static let active = true
@@ -36,3 +40,12 @@ extension Trait where Self == ConditionTrait {
         .disabled(if: Sanitizer.active, reason)
     }
 }
+
+#if TAPDISK_SANITIZER
+    /// LeakSanitizer's hook: off for the test binary only. The daemons, the demo and every other
+    /// `tapdiskd` the tests run are checked at exit. In this process LSan reported 1,098 blocks
+    /// (236 KB) under `--sanitize address`, none allocated by TapDisk: Foundation's `Process`,
+    /// `FileHandle` and `String(contentsOfFile:)` internals, Swift weak-reference side tables,
+    /// and XCTest's own run objects. What the test code leaks does not reach a user; what the daemon leaks does.
+    @_cdecl("__lsan_is_turned_off") func lsanIsTurnedOff() -> Int32 { 1 }
+#endif
