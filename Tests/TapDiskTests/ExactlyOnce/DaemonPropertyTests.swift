@@ -207,8 +207,7 @@ import Testing
             // behind held requests stays in flight until they are resumed or failed).
             let status = try disk.control.call("status")
             if status["state"]?.stringValue == "paused" {
-                _ = try disk.control.call("resume", ["fail-held": .bool(rng.next() % 4 == 0)])
-                resumes += 1
+                if try DaemonTest.resumeIfStillPaused(disk.control, failHeld: rng.next() % 4 == 0) { resumes += 1 }
                 lastProgress = now
             } else if now - lastProgress > 10_000_000_000 {
                 Issue.record("\(pending.count) requests unanswered for 10 s; status \(status)")

@@ -175,8 +175,7 @@ import Testing
             // daemon leaves them in the ring): legitimate only while paused.
             let status = try control.call("status")
             if status["state"]?.stringValue == "paused" {
-                _ = try control.call("resume", ["fail-held": .bool(rng.next() % 4 == 0)])
-                resumes += 1
+                if try DaemonTest.resumeIfStillPaused(control, failHeld: rng.next() % 4 == 0) { resumes += 1 }
                 lastProgress = now
             } else if now - lastProgress > 10_000_000_000 {
                 Issue.record(
