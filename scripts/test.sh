@@ -14,7 +14,7 @@
 # counts: the run fails if any file is there, and their summaries are printed. Under address,
 # LeakSanitizer checks every process at exit except the test binary itself (Sanitizer.swift says
 # why). It prints the build and test times at the end; what each mode costs and what it found:
-# docs/architecture.md, "Tests".
+# docs/architecture.md, section "Tests".
 #
 # Many tests need root (loop-mounted ext4 for ENOSPC); without root they are skipped, not failed.
 # As root it also builds the guest that the QEMU suites boot (scripts/guest.sh build, cached in
