@@ -65,6 +65,10 @@ package final class BlockFrontend {
         if ring.pushRequests() { kick.signal() }
     }
 
+    /// Publishes enqueued requests and does not kick, whatever `req_event` says: what a frontend
+    /// that stops between the two steps leaves (tests use it to detach with requests unconsumed).
+    package func publishWithoutKick() { _ = ring.pushRequests() }
+
     /// Consumes every published response. A response count the daemon could not have produced is
     /// reported as `violation` rather than read.
     package func reap(_ body: (FrontendRing.Response) -> Void) -> FrontendRing.Next {

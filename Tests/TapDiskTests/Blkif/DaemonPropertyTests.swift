@@ -32,6 +32,16 @@ import Testing
 
     @Test(arguments: [(UInt64(21), "report", "0"), (22, "pause", "0"), (23, "report", "50"), (24, "pause", "50")])
     func randomStreamAgainstShadowModel(seed: UInt64, policy: String, pollUs: String) throws {
+        try run(seed: seed, policy: policy, pollUs: pollUs)
+    }
+
+    /// One `scripts/soak.sh` iteration: the seed picks the policy and the polling too.
+    @Test(Soak.enabled) func soakIteration() throws {
+        let seed = try #require(Soak.seed)
+        try run(seed: seed, policy: seed & 1 == 0 ? "report" : "pause", pollUs: seed & 2 == 0 ? "0" : "50")
+    }
+
+    func run(seed: UInt64, policy: String, pollUs: String) throws {
         var environment = ProcessInfo.processInfo.environment
         environment["TAPDISK_FAULTS"] = "random:\(seed):eagain=30:partial=50:short=60:zero=10:eio=20:enospc=20"
         let image = try DaemonTest.image(bytes: Self.blocks * 4096)
@@ -58,6 +68,8 @@ import Testing
         var unnotified = 0
         var indirectSent = 0
         var lastProgress = MonotonicClock.nanoseconds()
+        var firstBatchDigest = Soak.digestBasis
+        var firstBatch = true
 
         func makeRequest(id: UInt64) -> clibaio_blkif_request? {
             let roll = rng.next() % 100
@@ -155,11 +167,20 @@ import Testing
             var produced = 0
             while sent < Self.total && pending.count < depth && freeGrefs.count >= 25 && frontend.freeRequests > 0 {
                 guard let request = makeRequest(id: UInt64(sent + 1)) else { break }
+                if firstBatch { firstBatchDigest = withUnsafeBytes(of: request) { Soak.digest(firstBatchDigest, $0) } }
                 frontend.enqueue(request)
                 sent += 1
                 produced += 1
             }
-            if produced > 0 { frontend.push() }
+            if produced > 0 {
+                frontend.push()
+                if firstBatch {
+                    print(
+                        "daemon property seed \(seed): first batch \(produced) requests, digest \(String(firstBatchDigest, radix: 16))"
+                    )
+                    firstBatch = false
+                }
+            }
             if pending.isEmpty { continue }  // the blocks it drew were busy: draw again
             let waitStart = MonotonicClock.nanoseconds()
             guard disk.waitForResponses(timeoutMilliseconds: 50) else {
@@ -186,8 +207,7 @@ import Testing
             // behind held requests stays in flight until they are resumed or failed).
             let status = try disk.control.call("status")
             if status["state"]?.stringValue == "paused" {
-                _ = try disk.control.call("resume", ["fail-held": .bool(rng.next() % 4 == 0)])
-                resumes += 1
+                if try DaemonTest.resumeIfStillPaused(disk.control, failHeld: rng.next() % 4 == 0) { resumes += 1 }
                 lastProgress = now
             } else if now - lastProgress > 10_000_000_000 {
                 Issue.record("\(pending.count) requests unanswered for 10 s; status \(status)")

@@ -55,7 +55,7 @@ private final class DataPathDriver {
     }
 }
 
-@Suite struct AllocationTests {
+@Suite(.skipUnderSanitizer(Sanitizer.mallocReason)) struct AllocationTests {
     static let imageBytes = 16 << 20
     static let measuredRequests = 10_000
 

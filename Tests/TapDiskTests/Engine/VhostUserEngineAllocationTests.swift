@@ -10,7 +10,7 @@ import Testing
 /// in-process `Daemon` with `--vhost-user-blk`, stepped on this thread (`DiskLoop.step`, as
 /// `Daemon.run` does), and the test front-end on another thread. Only this thread's allocations
 /// are counted (Support/AllocationCounter.swift), so the front-end's own are not.
-@Suite(.serialized) struct VhostUserEngineAllocationTests {
+@Suite(.serialized, .skipUnderSanitizer(Sanitizer.mallocReason)) struct VhostUserEngineAllocationTests {
     @Test(.timeLimit(.minutes(2))) func steadyStateAllocationsPerVirtioRequest() throws {
         try #require(mallocCounterActive, "the malloc counter is not interposed")
         let directory = DaemonProcess.makeDirectory()

@@ -30,52 +30,56 @@ private func noteAllocation() {
     }
 }
 
-@_cdecl("malloc")
-func countingMalloc(_ size: Int) -> UnsafeMutableRawPointer? {
-    noteAllocation()
-    return libcMalloc(size)
-}
+// Not compiled under a sanitizer (scripts/test.sh --sanitize): ASan and TSan define malloc
+// themselves, and these tests skip (Support/Sanitizer.swift).
+#if !TAPDISK_SANITIZER
+    @_cdecl("malloc")
+    func countingMalloc(_ size: Int) -> UnsafeMutableRawPointer? {
+        noteAllocation()
+        return libcMalloc(size)
+    }
 
-@_cdecl("calloc")
-func countingCalloc(_ n: Int, _ size: Int) -> UnsafeMutableRawPointer? {
-    noteAllocation()
-    return libcCalloc(n, size)
-}
+    @_cdecl("calloc")
+    func countingCalloc(_ n: Int, _ size: Int) -> UnsafeMutableRawPointer? {
+        noteAllocation()
+        return libcCalloc(n, size)
+    }
 
-@_cdecl("realloc")
-func countingRealloc(_ p: UnsafeMutableRawPointer?, _ size: Int) -> UnsafeMutableRawPointer? {
-    noteAllocation()
-    return libcRealloc(p, size)
-}
+    @_cdecl("realloc")
+    func countingRealloc(_ p: UnsafeMutableRawPointer?, _ size: Int) -> UnsafeMutableRawPointer? {
+        noteAllocation()
+        return libcRealloc(p, size)
+    }
 
-@_cdecl("memalign")
-func countingMemalign(_ alignment: Int, _ size: Int) -> UnsafeMutableRawPointer? {
-    noteAllocation()
-    return libcMemalign(alignment, size)
-}
+    @_cdecl("memalign")
+    func countingMemalign(_ alignment: Int, _ size: Int) -> UnsafeMutableRawPointer? {
+        noteAllocation()
+        return libcMemalign(alignment, size)
+    }
 
-@_cdecl("aligned_alloc")
-func countingAlignedAlloc(_ alignment: Int, _ size: Int) -> UnsafeMutableRawPointer? {
-    noteAllocation()
-    return libcMemalign(alignment, size)
-}
+    @_cdecl("aligned_alloc")
+    func countingAlignedAlloc(_ alignment: Int, _ size: Int) -> UnsafeMutableRawPointer? {
+        noteAllocation()
+        return libcMemalign(alignment, size)
+    }
 
-@_cdecl("posix_memalign")
-func countingPosixMemalign(_ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>, _ alignment: Int, _ size: Int)
-    -> Int32
-{
-    noteAllocation()
-    guard alignment >= MemoryLayout<UnsafeRawPointer>.size, alignment & (alignment - 1) == 0 else { return EINVAL }
-    guard let p = libcMemalign(alignment, size) else { return ENOMEM }
-    out.pointee = p
-    return 0
-}
+    @_cdecl("posix_memalign")
+    func countingPosixMemalign(_ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>, _ alignment: Int, _ size: Int)
+        -> Int32
+    {
+        noteAllocation()
+        guard alignment >= MemoryLayout<UnsafeRawPointer>.size, alignment & (alignment - 1) == 0 else { return EINVAL }
+        guard let p = libcMemalign(alignment, size) else { return ENOMEM }
+        out.pointee = p
+        return 0
+    }
+#endif
 
 /// Whether this process's allocations really go through the counting functions. They do only
 /// when the test executable exports them (`-Xlinker --export-dynamic`, see scripts/alloc.sh):
 /// without that, libswiftCore and libc bind to glibc's malloc directly and only calls made from
 /// this module would be seen, which would make every count a false zero.
-let mallocCounterActive: Bool = countAllocations { runtimeAllocation() } == 1
+let mallocCounterActive: Bool = !Sanitizer.active && countAllocations { runtimeAllocation() } == 1
 
 /// One allocation made by libswiftCore (`swift_slowAlloc` → malloc), which the optimizer cannot
 /// remove or promote to the stack.

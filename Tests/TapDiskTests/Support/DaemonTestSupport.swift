@@ -102,6 +102,19 @@ enum DaemonTest {
         return c
     }
 
+    /// `resume` for a disk that `status` said was paused a moment ago; false when it resumed by
+    /// itself in between. A nospace pause auto-resumes when the filesystem's free space grows,
+    /// which any other process on the machine can cause; under TSan the window is wide enough
+    /// that a randomized run hit it (`wrong-state: resume: the disk is running, not paused`).
+    static func resumeIfStillPaused(_ client: ControlClient, failHeld: Bool) throws -> Bool {
+        do {
+            _ = try client.call("resume", ["fail-held": .bool(failHeld)])
+            return true
+        } catch .refused(code: "wrong-state", _) {
+            return false
+        }
+    }
+
     // MARK: - Polling
 
     /// Polls `condition` every 10 ms until it holds or `seconds` pass.

@@ -7,7 +7,7 @@ import Testing
 /// The vhost-user data plane allocates nothing per request: pop (direct and indirect chains),
 /// classify, status write, complete, notify decision, re-arm. Uses the counting malloc of
 /// Support/AllocationCounter.swift (calls on this thread only).
-@Suite struct VhostUserAllocationTests {
+@Suite(.skipUnderSanitizer(Sanitizer.mallocReason)) struct VhostUserAllocationTests {
     typealias Ring = VhostUserTestRing
 
     @Test func dataPlaneAllocatesNothingPerRequest() throws {

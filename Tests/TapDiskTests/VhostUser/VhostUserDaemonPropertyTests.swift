@@ -59,6 +59,18 @@ import Testing
         return (path, patterned + zeros)
     }
 
+    /// One `scripts/soak.sh` iteration: the seed picks the policy, polling, queue size, round
+    /// limit and starting ring index too.
+    @Test(Soak.enabled) func soakIteration() throws {
+        let seed = try #require(Soak.seed)
+        let c = Case(
+            seed: seed, policy: seed & 1 == 0 ? "report" : "pause", pollUs: seed & 2 == 0 ? 0 : 50,
+            roundsPerService: (seed >> 2) % 4 == 0 ? 1 : nil, queueSize: [64, 128, 256][Int((seed >> 4) % 3)],
+            startIndex: (seed >> 6) & 1 == 0 ? 0 : 0xFFFF - UInt16((seed >> 7) % 2000))
+        print("vhost-user soak seed \(seed): \(c.testDescription)")
+        try randomChainsAgainstShadowModel(c)
+    }
+
     @Test(arguments: cases) func randomChainsAgainstShadowModel(_ c: Case) throws {
         var environment = ProcessInfo.processInfo.environment
         environment["TAPDISK_FAULTS"] =
@@ -163,8 +175,7 @@ import Testing
             // daemon leaves them in the ring): legitimate only while paused.
             let status = try control.call("status")
             if status["state"]?.stringValue == "paused" {
-                _ = try control.call("resume", ["fail-held": .bool(rng.next() % 4 == 0)])
-                resumes += 1
+                if try DaemonTest.resumeIfStillPaused(control, failHeld: rng.next() % 4 == 0) { resumes += 1 }
                 lastProgress = now
             } else if now - lastProgress > 10_000_000_000 {
                 Issue.record(
