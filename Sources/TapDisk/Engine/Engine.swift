@@ -74,6 +74,9 @@ package final class Engine {
     @exclusivity(unchecked) var submittedAt: UnsafeMutablePointer<UInt64>
     /// Smoothed submit→completion latency (EWMA, 1/8), for the polling window.
     @exclusivity(unchecked) package internal(set) var completionLatencyNanos: UInt64 = 0
+    /// The clock as the completions being handled were reaped (0 outside `reapCompletions`):
+    /// `finish` takes it as their answer time instead of reading the clock once more per request.
+    @exclusivity(unchecked) var reapedAt: UInt64 = 0
     /// Index of the BARRIER that stops consumption until it is answered.
     @exclusivity(unchecked) var barrierIndex: Int? = nil
     /// Submission hit EAGAIN: retry after completions or a short sleep.
@@ -340,9 +343,11 @@ package final class Engine {
     /// front wrote them. Every answer is timed, errors too: a guest waited for it as for any.
     func finish(_ index: Int, _ status: BlkifStatus) {
         let record = table.records + index
+        let now = reapedAt != 0 ? reapedAt : MonotonicClock.nanoseconds()
+        let consumed = record.pointee.consumedAt
+        // `max`: a clock taken for a reap batch must never make a latency negative (wrap).
         latency.record(
-            LatencyHistograms.Operation(record.pointee.operation),
-            nanoseconds: MonotonicClock.nanoseconds() &- record.pointee.consumedAt)
+            LatencyHistograms.Operation(record.pointee.operation), nanoseconds: max(now, consumed) - consumed)
         if record.pointee.phase == .held {
             counters.held -= 1
         } else {
