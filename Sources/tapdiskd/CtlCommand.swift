@@ -69,12 +69,40 @@ struct CtlCommand: ParsableCommand {
     static func flatten(_ object: JSONObject, prefix: String, into lines: inout [String]) {
         for member in object where !(prefix.isEmpty && (member.key == "ok" || member.key == "tag")) {
             let key = prefix.isEmpty ? member.key : "\(prefix).\(member.key)"
-            if case .object(let nested) = member.value {
+            if prefix.isEmpty, member.key == "latency", case .object(let latency) = member.value {
+                lines += humanLatency(latency)
+            } else if case .object(let nested) = member.value {
                 flatten(nested, prefix: key, into: &lines)
             } else {
                 lines.append("\(key): \(Self.text(member.value))")
             }
         }
+    }
+
+    /// `stats`' histograms as one line per operation (the buckets themselves are in `--json`):
+    /// `latency.read: count=N mean-us=X p50-us<=B p99-us<=B`, where a quantile is the bound of
+    /// the bucket it falls in (`>10000000` beyond the last).
+    static func humanLatency(_ latency: JSONObject) -> [String] {
+        let bounds = latency["bounds-ns"]?.arrayValue?.compactMap { $0.numberValue?.uint64 } ?? []
+        var lines: [String] = []
+        for member in latency where member.key != "bounds-ns" {
+            guard let h = member.value.objectValue,
+                let buckets = h["buckets"]?.arrayValue?.compactMap({ $0.numberValue?.uint64 }),
+                let sum = h["sum-ns"]?.numberValue?.uint64, buckets.count == bounds.count + 1
+            else { continue }
+            let snapshot = LatencySnapshot(buckets: buckets, sumNanos: sum)
+            var line = "latency.\(member.key): count=\(snapshot.count)"
+            if snapshot.count > 0 {
+                let mean = Double(sum) / Double(snapshot.count) / 1000
+                line += " mean-us=\((mean * 10).rounded() / 10)"
+                for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+                    let bound = snapshot.upperBound(quantile: q)
+                    line += " \(name)-us" + (bound.map { "<=\($0 / 1000)" } ?? ">\((bounds.last ?? 0) / 1000)")
+                }
+            }
+            lines.append(line)
+        }
+        return lines
     }
 
     static func text(_ value: JSONValue) -> String {

@@ -16,7 +16,9 @@ extension Daemon {
             case "status":
                 reply(connection, ControlReply.ok(fields: status(), tag: tag))
             case "stats":
-                reply(connection, ControlReply.ok(fields: ["counters": .object(stats())], tag: tag))
+                reply(
+                    connection,
+                    ControlReply.ok(fields: ["counters": .object(stats()), "latency": .object(latency())], tag: tag))
             case "pause":
                 try pause(tag: tag, from: connection)
             case "resume":
@@ -106,6 +108,23 @@ extension Daemon {
         counters.set("poll-hits", .uint(loop.pollHits))
         counters.set("poll-misses", .uint(loop.pollMisses))
         return counters
+    }
+
+    /// The latency histograms (docs/protocol.md §2.2): the shared bucket bounds, then one
+    /// object per operation. Taken in the same turn of the loop as `stats()`, so each `count`
+    /// plus what is in flight or held of that operation matches its `*-requests` counter.
+    func latency() -> JSONObject {
+        var latency: JSONObject = ["bounds-ns": .array(LatencyHistograms.boundsNanos.map { .uint($0) })]
+        for operation in LatencyHistograms.Operation.allCases {
+            let h = engine.latencySnapshot(operation)
+            latency.set(
+                operation.name,
+                .object([
+                    "count": .uint(h.count), "sum-ns": .uint(h.sumNanos),
+                    "buckets": .array(h.buckets.map { .uint($0) }),
+                ]))
+        }
+        return latency
     }
 
     private func attach(

@@ -84,12 +84,14 @@ extension Engine {
             let n = aio.reap(into: events, max: table.eventCapacity)
             guard n > 0 else { return }
             let now = MonotonicClock.nanoseconds()
+            reapedAt = now
             for i in 0..<Int(n) {
                 let index = Int(truncatingIfNeeded: clibaio_event_data(events + i))
                 guard index >= 0, index < table.capacity, table.records[index].phase == .submitted else { continue }
                 noteLatency(now &- submittedAt[index])
                 complete(index, result: clibaio_event_res(events + i))
             }
+            reapedAt = 0
             // Answer as soon as reaped: the frontend can refill while this round goes on.
             pushResponses()
             if Int(n) < table.eventCapacity { return }

@@ -22,6 +22,8 @@ package final class Engine {
     /// FLUSH can prove anything (§5.3). Only a restart clears it.
     @exclusivity(unchecked) package internal(set) var syncFailed = false
     @exclusivity(unchecked) package internal(set) var counters = Counters()
+    /// Consumption-to-answer latency per operation (`finish`, `answerAtConsumption`).
+    @exclusivity(unchecked) var latency = LatencyHistograms()
     /// Receives state changes and failures; never called for successful requests.
     package var onEvent: (EngineEvent) -> Void = { _ in }
 
@@ -72,6 +74,9 @@ package final class Engine {
     @exclusivity(unchecked) var submittedAt: UnsafeMutablePointer<UInt64>
     /// Smoothed submit→completion latency (EWMA, 1/8), for the polling window.
     @exclusivity(unchecked) package internal(set) var completionLatencyNanos: UInt64 = 0
+    /// The clock as the completions being handled were reaped (0 outside `reapCompletions`):
+    /// `finish` takes it as their answer time instead of reading the clock once more per request.
+    @exclusivity(unchecked) var reapedAt: UInt64 = 0
     /// Index of the BARRIER that stops consumption until it is answered.
     @exclusivity(unchecked) var barrierIndex: Int? = nil
     /// Submission hit EAGAIN: retry after completions or a short sleep.
@@ -250,6 +255,19 @@ package final class Engine {
         }
     }
 
+    /// A counted request answered without a record, in the instant it was consumed (a blkif
+    /// DISCARD of 0 sectors, or no free record): its latency is 0, so that each histogram's
+    /// count stays the answered share of its `*-requests` counter.
+    @inline(__always)
+    func answerAtConsumption(_ operation: DiskOperation) {
+        latency.record(LatencyHistograms.Operation(operation), nanoseconds: 0)
+    }
+
+    /// Consumption-to-answer latency of one operation so far (the control path: this allocates).
+    package func latencySnapshot(_ operation: LatencyHistograms.Operation) -> LatencySnapshot {
+        latency.snapshot(operation)
+    }
+
     /// A front validated a request into `record` (its source iovecs already in the table):
     /// the I/O core takes it from here.
     @inline(__always)
@@ -257,6 +275,7 @@ package final class Engine {
         counters.inFlight += 1
         var r = record
         r.sequence = nextSequence
+        r.consumedAt = MonotonicClock.nanoseconds()
         r.phase = .queued
         nextSequence &+= 1
         table.records[index] = r
@@ -321,9 +340,14 @@ package final class Engine {
     // MARK: - Answering: the response builder
 
     /// Answers a record and frees it: the response builder's one entry for records, whichever
-    /// front wrote them.
+    /// front wrote them. Every answer is timed, errors too: a guest waited for it as for any.
     func finish(_ index: Int, _ status: BlkifStatus) {
         let record = table.records + index
+        let now = reapedAt != 0 ? reapedAt : MonotonicClock.nanoseconds()
+        let consumed = record.pointee.consumedAt
+        // `max`: a clock taken for a reap batch must never make a latency negative (wrap).
+        latency.record(
+            LatencyHistograms.Operation(record.pointee.operation), nanoseconds: max(now, consumed) - consumed)
         if record.pointee.phase == .held {
             counters.held -= 1
         } else {

@@ -37,6 +37,8 @@ struct RequestRecord {
     var bounced = false
     /// Consumption order: held requests are resubmitted in it.
     var sequence: UInt64 = 0
+    /// When it was consumed (`MonotonicClock`): the start of its latency (`LatencyHistograms`).
+    var consumedAt: UInt64 = 0
     var phase: Phase = .free
     var stage: Stage = .data
     /// Bytes of the data stage already transferred (short completions resume from here).

@@ -63,12 +63,14 @@ extension Engine {
         }
         countRequest(operation)
         if accepted.operation == .discard && accepted.discardSectors == 0 {
+            answerAtConsumption(operation)
             answer(id: request.id, operation: request.operation, status: .okay)
             return
         }
         // The ring check bounds outstanding requests by the table size, so this cannot fail for
         // a well-formed ring; a record shortage is answered rather than dropped regardless.
         guard let index = table.allocate() else {
+            answerAtConsumption(operation)
             answer(id: request.id, operation: responseOperation, status: .error)
             return
         }

@@ -173,6 +173,9 @@ import Testing
         let f = h.engine.faults
         #expect(answered.count == Int(nextID - 1) - (Int(nextID - 1) - answered.count))
         #expect(c.consumed == c.responses && c.inFlight == 0 && c.held == 0)
+        // Drained: every request of each operation was answered, so recorded once in its histogram.
+        let recorded = LatencyHistograms.Operation.allCases.map { h.engine.latencySnapshot($0).count }
+        #expect(recorded == [c.readRequests, c.writeRequests, c.flushRequests, c.barrierRequests, c.discardRequests])
         #expect(c.invalidRequests == UInt64(invalid))
         #expect(c.shortCompletions == UInt64(f.injectedShort))
         // Each injected errno or zero-byte completion fails exactly one attempt.
