@@ -147,7 +147,12 @@ import Testing
             try f.negotiate()
             try f.setUpMemory()
         }
-        try garbage.send(f)
+        do {
+            try garbage.send(f)
+        } catch let e as Errno where e.rawValue == EPIPE || e.rawValue == ECONNRESET {
+            // The daemon refused an earlier message of the violation and closed the connection
+            // before the rest was sent: the outcome this test wants, reached sooner.
+        }
         #expect(f.closedByPeer(within: 5), "the connection stayed open; state \(daemon.state() ?? "no answer")")
         #expect(daemon.isAlive, "\(daemon.log.suffix(2000))")
         f.disconnect()
