@@ -92,6 +92,12 @@ package enum DaemonMetrics {
             if let us = counters["poll-microseconds"]?.uint64Value {
                 add("poll_seconds", .counter, "Time spent busy-polling.", base, .double(Double(us) / 1e6))
             }
+            for member in counters["paused-seconds"]?.objectValue ?? [:] {
+                guard let v = member.value.doubleValue else { continue }
+                add(
+                    "paused_seconds", .counter, "Time spent paused, by reason.", base + [.init("reason", member.key)],
+                    .double(v))
+            }
             counter(
                 "control_connections_refused", "Control connections refused (over the limit or out of fds).",
                 "control-connections-refused")

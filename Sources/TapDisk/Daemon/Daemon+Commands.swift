@@ -105,6 +105,13 @@ extension Daemon {
         counters.set("poll-microseconds", .uint(loop.polledNanos / 1000))
         counters.set("poll-hits", .uint(loop.pollHits))
         counters.set("poll-misses", .uint(loop.pollMisses))
+        let now = MonotonicClock.nanoseconds()
+        var paused = JSONObject()
+        for reason in [PauseReason.operatorRequest, .nospace, .ioError] {
+            let ns = engine.pausedTime.nanoseconds(reason, now: now)
+            paused.set(reason.rawValue, .double(Double(ns / 1000) / 1e6))
+        }
+        counters.set("paused-seconds", .object(paused))
         return counters
     }
 

@@ -19,7 +19,8 @@ import Testing
          "discard-errors":0,"nospace-errors":2,"invalid-requests":0,"unsupported-requests":0,"short-completions":0,
          "resubmitted-requests":0,"responses-okay":11,"responses-error":2,"responses-eopnotsupp":0,"in-flight":3,
          "held":2,"id-requests":0,"rejections":{"bad-segment":0},"control-connections-refused":0,
-         "fd-exhaustion-episodes":0,"poll-microseconds":1500000,"poll-hits":5,"poll-misses":9}
+         "fd-exhaustion-episodes":0,"poll-microseconds":1500000,"poll-hits":5,"poll-misses":9,
+         "paused-seconds":{"operator":0,"nospace":3.5,"io-error":0}}
         """#
     /// The format of `stats`' `latency` (docs/protocol.md): shared bounds (1-2-5 per decade,
     /// 1 µs to 10 s), per-operation counts per bucket (not cumulative) plus one overflow bucket.
@@ -92,6 +93,8 @@ import Testing
         #expect(lines.contains("tapdiskd_state{\(d),state=\"paused\"} 1"))
         #expect(lines.contains("tapdiskd_state{\(d),state=\"running\"} 0"))
         #expect(lines.contains("tapdiskd_paused{\(d),reason=\"nospace\"} 1"))
+        #expect(lines.contains("tapdiskd_paused_seconds_total{\(d),reason=\"nospace\"} 3.5"))
+        #expect(lines.contains("tapdiskd_paused_seconds_total{\(d),reason=\"operator\"} 0"))
         #expect(lines.contains("tapdiskd_io_status{\(d),status=\"nospace\"} 1"))
         #expect(lines.contains("tapdiskd_image_overcommit_bytes{\(d)} 1044480"))
         #expect(lines.contains("tapdiskd_poll_seconds_total{\(d)} 1.5"))
