@@ -66,8 +66,13 @@ package enum DaemonMetrics {
                     extra: [.init("op", op)])
             }
             counter(
-                "nospace_errors", "I/O errors that were ENOSPC (also counted in errors).", "nospace-errors",
-                extra: [.init("errno", "ENOSPC")])
+                "nospace_errors", "I/O errors that were ENOSPC or EDQUOT (also counted in errors).", "nospace-errors")
+            for member in counters["errors-by-errno"]?.objectValue ?? [:] {
+                guard let v = member.value.uint64Value else { continue }
+                add(
+                    "errors_by_errno", .counter, "Failed I/O attempts by errno (the same attempts as errors).",
+                    base + [.init("errno", member.key)], .integer(v))
+            }
             for (status, key) in [
                 ("okay", "responses-okay"), ("error", "responses-error"),
                 ("eopnotsupp", "responses-eopnotsupp"),

@@ -100,6 +100,9 @@ extension Daemon {
         var reasons = JSONObject()
         for r in Rejection.allCases { reasons.set(r.rawValue, .uint(engine.counters.rejections[r])) }
         counters.set("rejections", .object(reasons))
+        var byErrno = JSONObject()
+        for (name, value) in engine.counters.errnoErrors.named { byErrno.set(name, .uint(value)) }
+        counters.set("errors-by-errno", .object(byErrno))
         counters.set("control-connections-refused", .uint(admission.refusedOverLimit + admission.refusedNoDescriptors))
         counters.set("fd-exhaustion-episodes", .uint(admission.exhaustionEpisodes))
         counters.set("poll-microseconds", .uint(loop.polledNanos / 1000))

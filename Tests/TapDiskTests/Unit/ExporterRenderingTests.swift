@@ -18,7 +18,7 @@ import Testing
          "read-bytes":40960,"write-bytes":28672,"discard-bytes":0,"read-errors":0,"write-errors":2,"flush-errors":0,
          "discard-errors":0,"nospace-errors":2,"invalid-requests":0,"unsupported-requests":0,"short-completions":0,
          "resubmitted-requests":0,"responses-okay":11,"responses-error":2,"responses-eopnotsupp":0,"in-flight":3,
-         "held":2,"id-requests":0,"rejections":{"bad-segment":0},"control-connections-refused":0,
+         "held":2,"id-requests":0,"rejections":{"bad-segment":0},"errors-by-errno":{"ENOSPC":2},"control-connections-refused":0,
          "fd-exhaustion-episodes":0,"poll-microseconds":1500000,"poll-hits":5,"poll-misses":9,
          "paused-seconds":{"operator":0,"nospace":3.5,"io-error":0}}
         """#
@@ -86,7 +86,8 @@ import Testing
         #expect(lines.contains("tapdiskd_requests_total{\(d),op=\"read\"} 10"))
         #expect(lines.contains("tapdiskd_bytes_total{\(d),op=\"write\"} 28672"))
         #expect(lines.contains("tapdiskd_errors_total{\(d),op=\"write\"} 2"))
-        #expect(lines.contains("tapdiskd_nospace_errors_total{\(d),errno=\"ENOSPC\"} 2"))
+        #expect(lines.contains("tapdiskd_nospace_errors_total{\(d)} 2"))
+        #expect(lines.contains("tapdiskd_errors_by_errno_total{\(d),errno=\"ENOSPC\"} 2"))
         #expect(lines.contains("tapdiskd_responses_total{\(d),status=\"error\"} 2"))
         #expect(lines.contains("tapdiskd_in_flight_requests{\(d)} 3"))
         #expect(lines.contains("tapdiskd_held_requests{\(d)} 2"))
