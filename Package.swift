@@ -7,10 +7,13 @@ let package = Package(
     products: [
         .library(name: "TapDisk", targets: ["TapDisk"]),
         .executable(name: "tapdiskd", targets: ["tapdiskd"]),
+        .executable(name: "tapdisk-exporter", targets: ["tapdisk-exporter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Only the exporter uses these: the per-disk daemon stays free of NIO.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // The only C in the project: libaio plus the GNU/Linux-only names Swift cannot import.
@@ -39,6 +42,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The host exporter (docs/operations.md, "Metrics"): scrapes every daemon's control socket
+        // and serves Prometheus text; a separate executable so the daemon links no HTTP stack.
+        // Querying daemons and rendering the exposition formats, apart from HTTP so the tests
+        // exercise it without linking NIO.
+        .target(name: "TapDiskMetrics", dependencies: ["TapDisk"]),
+        .executableTarget(
+            name: "tapdisk-exporter",
+            dependencies: [
+                "TapDiskMetrics",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // Fuzz targets (docs/fuzzing.md): a plain build makes corpus replayers; scripts/fuzz.sh
         // rebuilds them with libFuzzer in .build/fuzz.
         .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
@@ -54,7 +70,7 @@ let package = Package(
             path: "Fuzz/BlkifValidatorFuzzer"),
         .testTarget(
             name: "TapDiskTests",
-            dependencies: ["TapDisk", "CLibAIO"],
+            dependencies: ["TapDisk", "TapDiskMetrics", "CLibAIO"],
             swiftSettings: [.define("TAPDISK_FAULT_INJECTION", .when(configuration: .debug))],
             // Exports the test binary's counting malloc so the Swift runtime binds to it
             // (Support/AllocationCounter.swift; the allocation suites count heap allocations per request).

@@ -18,12 +18,17 @@
 #   cpio             packs the guest's initramfs
 #
 # Those three are optional: when they cannot be installed this script says so and succeeds,
-# and the QEMU suites and the demo's VM act are skipped with that reason.
+# and the QEMU suites and the demo's VM act are skipped with that reason. So is, for the test in
+# which a real Prometheus scrapes tapdisk-exporter (ExporterPrometheusTests):
+#
+#   prometheus   prometheus and promtool (Debian's package may also start its own service on
+#                :9090; the tests neither use nor stop it)
 # Swift itself is expected at /opt/swift or on PATH; this script does not install it.
 set -euo pipefail
 
 packages=(libaio-dev e2fsprogs fio util-linux mount systemd groff-base)
 guest_packages=(qemu-system-x86 busybox-static cpio)
+metrics_packages=(prometheus)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -38,7 +43,12 @@ for p in "${guest_packages[@]}"; do
     installed "$p" || missing_guest+=("$p")
 done
 
-if ((${#missing[@]} == 0 && ${#missing_guest[@]} == 0)); then
+missing_metrics=()
+for p in "${metrics_packages[@]}"; do
+    installed "$p" || missing_metrics+=("$p")
+done
+
+if ((${#missing[@]} == 0 && ${#missing_guest[@]} == 0 && ${#missing_metrics[@]} == 0)); then
     exit 0
 fi
 
@@ -47,10 +57,10 @@ if [[ $(id -u) -ne 0 ]]; then
         sudo=(sudo)
     else
         if ((${#missing[@]} == 0)); then
-            echo "setup.sh: not root, so not installing ${missing_guest[*]}: the QEMU tests and the demo's VM act will be skipped" >&2
+            echo "setup.sh: not root, so not installing ${missing_guest[*]} ${missing_metrics[*]}: the QEMU tests, the demo's VM act and the Prometheus test will be skipped" >&2
             exit 0
         fi
-        echo "setup.sh: need root to install: ${missing[*]} ${missing_guest[*]}" >&2
+        echo "setup.sh: need root to install: ${missing[*]} ${missing_guest[*]} ${missing_metrics[*]}" >&2
         exit 1
     fi
 else
@@ -79,5 +89,11 @@ if ((${#missing_guest[@]} > 0)); then
     echo "setup.sh: installing ${missing_guest[*]}" >&2
     if ! install "${missing_guest[@]}"; then
         echo "setup.sh: could not install ${missing_guest[*]}: the QEMU tests and the demo's VM act will be skipped" >&2
+    fi
+fi
+if ((${#missing_metrics[@]} > 0)); then
+    echo "setup.sh: installing ${missing_metrics[*]}" >&2
+    if ! install "${missing_metrics[@]}"; then
+        echo "setup.sh: could not install ${missing_metrics[*]}: the Prometheus test will be skipped" >&2
     fi
 fi

@@ -102,11 +102,21 @@ extension Daemon {
         var reasons = JSONObject()
         for r in Rejection.allCases { reasons.set(r.rawValue, .uint(engine.counters.rejections[r])) }
         counters.set("rejections", .object(reasons))
+        var byErrno = JSONObject()
+        for (name, value) in engine.counters.errnoErrors.named { byErrno.set(name, .uint(value)) }
+        counters.set("errors-by-errno", .object(byErrno))
         counters.set("control-connections-refused", .uint(admission.refusedOverLimit + admission.refusedNoDescriptors))
         counters.set("fd-exhaustion-episodes", .uint(admission.exhaustionEpisodes))
         counters.set("poll-microseconds", .uint(loop.polledNanos / 1000))
         counters.set("poll-hits", .uint(loop.pollHits))
         counters.set("poll-misses", .uint(loop.pollMisses))
+        let now = MonotonicClock.nanoseconds()
+        var paused = JSONObject()
+        for reason in [PauseReason.operatorRequest, .nospace, .ioError] {
+            let ns = engine.pausedTime.nanoseconds(reason, now: now)
+            paused.set(reason.rawValue, .double(Double(ns / 1000) / 1e6))
+        }
+        counters.set("paused-seconds", .object(paused))
         return counters
     }
 

@@ -28,6 +28,8 @@ package struct Counters: Sendable, Equatable {
     package var held: UInt64 = 0
     /// Per-reason breakdown of `invalidRequests` and `unsupportedRequests`.
     package var rejections = RejectionCounts()
+    /// Per-errno breakdown of the `*Errors` counters' failed attempts.
+    package var errnoErrors = ErrnoCounts()
 
     package init() {}
 

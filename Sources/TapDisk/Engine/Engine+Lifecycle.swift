@@ -155,6 +155,7 @@ extension Engine {
 
     func setState(_ new: DiskState) {
         guard new != state else { return }
+        if state.isPaused || new.isPaused { pausedTime.transition(to: new, now: MonotonicClock.nanoseconds()) }
         state = new
         onEvent(.stateChanged(new))
     }
@@ -167,6 +168,7 @@ extension Engine {
 
     func halt(_ message: String) {
         guard state != .halted else { return }
+        if state.isPaused { pausedTime.transition(to: .halted, now: MonotonicClock.nanoseconds()) }
         state = .halted
         onEvent(.frontendViolation(message))
         onEvent(.stateChanged(.halted))

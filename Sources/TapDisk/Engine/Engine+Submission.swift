@@ -161,6 +161,7 @@ extension Engine {
         syncFailed = true
         ioStatus = .failed
         counters.flushErrors += 1
+        counters.errnoErrors[errno] += 1
         if errno.isNoSpace { counters.nospaceErrors += 1 }
         let r = table.records[index]
         onEvent(.ioError(operation: "flush", errno: errno, action: .report, sector: r.dataBytes > 0 ? r.sector : 0))
@@ -170,6 +171,7 @@ extension Engine {
     /// A FLUSH or BARRIER after a failed sync: nothing can make it true any more (§5.3).
     func refuseAfterFailedSync(_ index: Int) {
         counters.flushErrors += 1
+        counters.errnoErrors[Errno(rawValue: EIO)] += 1
         let r = table.records[index]
         onEvent(
             .ioError(
@@ -188,6 +190,7 @@ extension Engine {
         case .discard, .writeZeroes: counters.discardErrors += 1
         default: counters.writeErrors += 1
         }
+        counters.errnoErrors[errno] += 1
         if errno.isNoSpace { counters.nospaceErrors += 1 }
         ioStatus = syncFailed || !errno.isNoSpace ? .failed : .nospace
         let op = record.pointee.operation

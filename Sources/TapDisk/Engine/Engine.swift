@@ -17,6 +17,8 @@ package final class Engine {
     // thread and never overlaps two accesses to one property, and the checks cost about half of
     // the daemon's user-space time at QD32 (perf: swift_beginAccess, AccessSet::insert).
     @exclusivity(unchecked) package internal(set) var state: DiskState = .idle
+    /// Seconds paused per reason (`stats`' `paused-seconds`), updated at state changes.
+    @exclusivity(unchecked) package internal(set) var pausedTime = PausedTime()
     @exclusivity(unchecked) package internal(set) var ioStatus: IOStatus = .ok
     /// A sync failed once: the kernel reports a writeback error to an fd only once, so no later
     /// FLUSH can prove anything (§5.3). Only a restart clears it.

@@ -19,6 +19,8 @@ struct SystemdUnitTests {
 
     /// The shipped services: the ring daemon (socket-activated) and the vhost-user-blk one.
     static let services = ["tapdiskd@.service", "tapdiskd-vhost@.service"]
+    /// Every unit whose sandbox is scored, the exporter included.
+    static let scoredServices = services + ["tapdisk-exporter.service"]
 
     /// `verify` insists that ExecStart's binary exists. The installed path usually does not exist
     /// on a build machine, so the units are verified from a copy whose ExecStart names the freshly
@@ -60,7 +62,7 @@ struct SystemdUnitTests {
         #expect(ours.isEmpty, "\(ours.joined(separator: "\n"))")
     }
 
-    @Test(arguments: SystemdUnitTests.services) func serviceExposureIsAtMost2(name: String) throws {
+    @Test(arguments: SystemdUnitTests.scoredServices) func serviceExposureIsAtMost2(name: String) throws {
         let r = try Shell.run([
             "systemd-analyze", "security", "--offline=true", "--no-pager", Self.unitDir + "/" + name,
         ])
@@ -108,5 +110,38 @@ struct SystemdUnitTests {
             #expect(service.contains(key), "\(key)")
         }
         #expect(!service.contains("Requires=tapdiskd@"), "the vhost unit has no socket unit")
+    }
+
+    /// The exporter's unit loads cleanly, reads the sockets both daemon units create, and can
+    /// reach them and the network but nothing else.
+    @Test func exporterUnitVerifies() throws {
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "tapdisk-units-\(getpid())-\(UUID().uuidString)"
+        ).path
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let name = "tapdisk-exporter.service"
+        let service = try String(contentsOfFile: Self.unitDir + "/" + name, encoding: .utf8)
+        let installed = "ExecStart=/usr/local/bin/tapdisk-exporter "
+        #expect(service.contains(installed))
+        let built =
+            URL(fileURLWithPath: Self.executableForVerify()).deletingLastPathComponent().path
+            + "/tapdisk-exporter"
+        let executable = FileManager.default.isExecutableFile(atPath: built) ? built : "/bin/true"
+        try service.replacingOccurrences(of: installed, with: "ExecStart=\(executable) ")
+            .write(toFile: tmp + "/" + name, atomically: true, encoding: .utf8)
+        let r = try Shell.run(["systemd-analyze", "verify", "--man=no", tmp + "/" + name])
+        #expect(r.status == 0, "\(r.stderr)")
+        let ours = r.stderr.split(separator: "\n").filter { $0.contains("tapdisk-exporter") }
+        #expect(ours.isEmpty, "\(ours.joined(separator: "\n"))")
+        let execStart = try #require(service.split(separator: "\n").first { $0.hasPrefix("ExecStart=") })
+        for part in ["--sockets /run/tapdisk/", "--sockets /run/tapdiskd/", "--listen ${TAPDISK_EXPORTER_LISTEN}"] {
+            #expect(execStart.contains(part), "\(part)")
+        }
+        for key in [
+            "CapabilityBoundingSet=\n", "ProtectSystem=strict", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        ] {
+            #expect(service.contains(key), "\(key)")
+        }
     }
 }

@@ -59,6 +59,7 @@ import Testing
         let c = h.engine.counters
         #expect(c.writeErrors == 1 && c.responsesError == 1 && c.responsesOkay == 2)
         #expect(c.nospaceErrors == (nospace ? 1 : 0))
+        #expect(c.errnoErrors.named.map(\.0) == [name] && c.errnoErrors.named.map(\.1) == [1])
         #expect(h.engine.ioStatus == (nospace ? .nospace : .failed))
         let ev = h.events.compactMap { e -> (String, String, FailureAction)? in
             if case .ioError(let op, let errno, let action, _) = e { return (op, errno.name, action) }
