@@ -115,7 +115,7 @@ extension Daemon {
         loop.releaseKickWatch()
         do {
             if let reply = try engine.handleVhostMessage(message) {
-                try VhostUserReply.send(reply, on: fd)
+                try VhostUserReply.send(reply, on: fd, descriptor: engine.vhost.takeReplyDescriptor())
             }
         } catch {
             disconnectVhostUser(reason: "\(request): \(error)")
