@@ -98,6 +98,9 @@ package struct SplitVirtqueue: ~Copyable {
         outstanding = [Bool](repeating: false, count: n)
     }
 
+    /// Heads recovered from the inflight region when the ring started.
+    package var recoveredFromInflight: Int { resubmit.count }
+
     /// Heads recovered from the inflight region and not yet handed out again.
     package var pendingResubmissions: Int { resubmit.count - resubmitted }
 

@@ -72,6 +72,14 @@ package struct VhostUserDevice: ~Copyable {
         }
     }
 
+    /// Requests the running ring took over from the inflight region when it started.
+    package var recoveredFromInflight: Int {
+        switch queue {
+        case .some(let q): q.recoveredFromInflight
+        case .none: 0
+        }
+    }
+
     /// Requests popped and not yet completed.
     package var inFlight: Int {
         switch queue {
