@@ -14,7 +14,7 @@ package enum VhostUserDeviceError: Error, Equatable, Sendable {
     case badVringIndex(UInt32)
     /// SET_VRING_BASE above 0xffff.
     case badVringBase(UInt32)
-    /// A request this device never negotiates (log, postcopy, inflight, status, mem slots...).
+    /// A request this device never negotiates (log, postcopy, status, mem slots...).
     case unsupported(VhostUserRequest)
     /// The ring cannot start: no memory table, size or addresses yet.
     case ringNotConfigured
