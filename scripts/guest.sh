@@ -17,6 +17,9 @@
 # (signal masks survive exec) must not keep it alive, and an abrupt kill is the point of a short
 # timeout (tests use one to disconnect a guest in the middle of its I/O).
 #
+# $TAPDISK_GUEST_CHARDEV is appended to the vhost-user -chardev options: ",reconnect=1" makes
+# QEMU (7.2; "reconnect-ms=1000" on 9.2+) reconnect to a back-end that died or restarted.
+#
 # The guest prints TAPDISK-GUEST-BEGIN / TAPDISK-GUEST-END rc=N markers on ttyS0; `run`
 # scans them to produce its exit status, and also fails when the markers are missing.
 set -euo pipefail
@@ -165,7 +168,7 @@ run() {
     # and the guest panics at 0.06 s ("IO-APIC + timer doesn't work!"); seen under TSan.
     timeout -s KILL "$TIMEOUT" qemu-system-x86_64 -accel tcg -smp 1 -m "$MEM" \
         -object memory-backend-memfd,id=mem,size="${MEM}M",share=on -numa node,memdev=mem \
-        -chardev socket,id=c,path="$sock" -device vhost-user-blk-pci,chardev=c \
+        -chardev socket,id=c,path="$sock"${TAPDISK_GUEST_CHARDEV:-} -device vhost-user-blk-pci,chardev=c \
         -kernel "$DIR/vmlinuz" -initrd "$initrd" -append 'console=ttyS0 panic=-1 quiet no_timer_check' \
         -nographic -no-reboot </dev/null 2>&1 | tr -d '\r' | tee "$log"
     set -e

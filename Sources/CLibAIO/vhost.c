@@ -43,6 +43,21 @@ _Static_assert(offsetof(struct clibaio_virtio_blk_discard_write_zeroes, num_sect
 _Static_assert(offsetof(struct clibaio_virtio_blk_discard_write_zeroes, flags) ==
                    offsetof(struct virtio_blk_discard_write_zeroes, flags), "discard flags");
 
+// The inflight region of vhost-user.rst ("Inflight I/O tracking", split virtqueue).
+_Static_assert(sizeof(struct clibaio_inflight_desc_split) == 16, "DescStateSplit is 16 bytes");
+_Static_assert(offsetof(struct clibaio_inflight_desc_split, inflight) == 0, "inflight @0");
+_Static_assert(offsetof(struct clibaio_inflight_desc_split, next) == 6, "next @6");
+_Static_assert(offsetof(struct clibaio_inflight_desc_split, counter) == 8, "counter @8");
+_Static_assert(offsetof(struct clibaio_inflight_queue_split, features) == 0, "features @0");
+_Static_assert(offsetof(struct clibaio_inflight_queue_split, version) == 8, "version @8");
+_Static_assert(offsetof(struct clibaio_inflight_queue_split, desc_num) == 10, "desc_num @10");
+_Static_assert(offsetof(struct clibaio_inflight_queue_split, last_batch_head) == 12, "last_batch_head @12");
+_Static_assert(offsetof(struct clibaio_inflight_queue_split, used_idx) == 14, "used_idx @14");
+_Static_assert(offsetof(struct clibaio_inflight_queue_split, desc) == 16, "desc @16");
+_Static_assert(sizeof(struct clibaio_vhost_inflight) == 24, "VhostUserInflight is 24 bytes");
+_Static_assert(offsetof(struct clibaio_vhost_inflight, num_queues) == 16, "num_queues @16");
+_Static_assert(offsetof(struct clibaio_vhost_inflight, queue_size) == 18, "queue_size @18");
+
 // The virtio spec's offsets (5.2.4), held against the kernel's struct.
 _Static_assert(offsetof(struct virtio_blk_config, capacity) == 0, "capacity @0");
 _Static_assert(offsetof(struct virtio_blk_config, size_max) == 8, "size_max @8");

@@ -55,6 +55,47 @@ struct clibaio_virtq_used_elem {
     uint32_t len;
 };
 
+// MARK: - inflight I/O tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, split ring)
+
+/// One descriptor's slot in the inflight region ("DescStateSplit" in vhost-user.rst). Only the
+/// slots of head descriptors are used.
+struct clibaio_inflight_desc_split {
+    uint8_t inflight;
+    uint8_t padding[5];
+    uint16_t next;
+    uint64_t counter;
+};
+
+/// One queue's inflight region ("QueueRegionSplit"); `desc_num` slots follow the header.
+struct clibaio_inflight_queue_split {
+    uint64_t features;
+    uint16_t version;
+    uint16_t desc_num;
+    uint16_t last_batch_head;
+    uint16_t used_idx;
+    struct clibaio_inflight_desc_split desc[];
+};
+
+/// GET_INFLIGHT_FD / SET_INFLIGHT_FD payload (QEMU's VhostUserInflight, 24 bytes with padding).
+struct clibaio_vhost_inflight {
+    uint64_t mmap_size;
+    uint64_t mmap_offset;
+    uint16_t num_queues;
+    uint16_t queue_size;
+};
+
+static inline void clibaio_store_u64_relaxed(void *p, uint64_t v) {
+    __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t clibaio_load_u64_relaxed(const void *p) {
+    return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
+}
+
+static inline uint8_t clibaio_load_u8_relaxed(const void *p) {
+    return __atomic_load_n((const uint8_t *)p, __ATOMIC_RELAXED);
+}
+
 // MARK: - virtio-blk structs
 
 struct clibaio_virtio_blk_outhdr {
@@ -130,6 +171,7 @@ static inline void clibaio_store_u8_relaxed(void *p, uint8_t v) {
 
 /// The full barrier between publishing used->idx and reading used_event / avail flags.
 static inline void clibaio_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void clibaio_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 
 // MARK: - AF_UNIX SOCK_STREAM messages (vhost-user)
 

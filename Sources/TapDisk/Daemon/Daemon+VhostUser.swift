@@ -113,9 +113,15 @@ extension Daemon {
         guard let fd = vhostConnection?.rawValue else { return }
         let request = message.request
         loop.releaseKickWatch()
+        let starts = engine.vhost.queueStarts
         do {
             if let reply = try engine.handleVhostMessage(message) {
-                try VhostUserReply.send(reply, on: fd)
+                try VhostUserReply.send(reply, on: fd, descriptor: engine.vhost.takeReplyDescriptor())
+            }
+            if engine.vhost.queueStarts != starts, engine.vhost.recoveredFromInflight > 0 {
+                logger.info(
+                    "vhost-user ring resumed with requests from the inflight region",
+                    metadata: ["resubmitted": "\(engine.vhost.recoveredFromInflight)", "image": "\(config.imagePath)"])
             }
         } catch {
             disconnectVhostUser(reason: "\(request): \(error)")

@@ -30,6 +30,15 @@ package struct SplitVirtqueue: ~Copyable {
     private var outstanding: [Bool]
     package private(set) var inFlight = 0
     package private(set) var fault: VirtqueueFault?
+    /// The inflight region (INFLIGHT_SHMFD negotiated and SET_INFLIGHT_FD given), kept in step
+    /// with pops and used entries; see `InflightQueue` for the protocol.
+    private var inflight: InflightQueue?
+    /// Heads a previous back-end took and never answered, in pop order: `pop` hands them out
+    /// before it reads the avail ring.
+    private let resubmit: [UInt16]
+    private var resubmitted = 0
+    /// used->idx including entries staged but not yet published.
+    private var stagedUsedIndex: UInt16
 
     package static let descriptorNext: UInt16 = 1
     package static let descriptorWrite: UInt16 = 2
@@ -43,10 +52,14 @@ package struct SplitVirtqueue: ~Copyable {
 
     /// Starts a ring from SET_VRING_NUM (`size`), SET_VRING_ADDR (`addresses`, front-end user
     /// addresses) and SET_VRING_BASE (`lastAvailableIndex`) under the negotiated `features`.
-    /// used->idx is taken from guest memory, as a reconnecting front-end left it.
+    /// used->idx is taken from guest memory, as a reconnecting front-end left it. With an
+    /// inflight region, the region decides instead: its last batch is settled, its heads still
+    /// in flight are queued for resubmission and the avail ring resumes at used->idx plus their
+    /// count (`InflightQueue.recover`); SET_VRING_BASE's value, which QEMU resets to used->idx
+    /// when the back-end died, is not used.
     package init(
         size: UInt32, addresses: VhostUserVringAddress, lastAvailableIndex: UInt16, features: UInt64,
-        memory: borrowing GuestMemory, limits: VirtqueueLimits
+        memory: borrowing GuestMemory, limits: VirtqueueLimits, inflight: InflightQueue? = nil
     ) throws(VirtqueueSetupError) {
         guard size > 0, size <= Self.maxSize, size & (size - 1) == 0 else { throw .badSize(size) }
         let n = Int(size)
@@ -58,6 +71,20 @@ package struct SplitVirtqueue: ~Copyable {
             let a = memory.translate(user: addresses.availableRing, length: UInt64(Self.availableRingBytes(n))),
             let u = memory.translate(user: addresses.usedRing, length: UInt64(Self.usedRingBytes(n)))
         else { throw .ringNotMapped }
+        let guestUsedIndex = clibaio_load_u16_relaxed(u + 2)
+        var resumeAt = lastAvailableIndex
+        var recovered: [UInt16] = []
+        if var region = inflight {
+            guard Int(region.descriptorCount) == n, region.size == n else {
+                throw .inflightSizeMismatch(region: region.descriptorCount, queue: n)
+            }
+            recovered = region.recover(usedIndex: guestUsedIndex)
+            resumeAt = guestUsedIndex &+ UInt16(recovered.count)
+            self.inflight = region
+        } else {
+            self.inflight = nil
+        }
+        resubmit = recovered
         self.size = n
         descriptors = d
         available = a
@@ -65,10 +92,17 @@ package struct SplitVirtqueue: ~Copyable {
         eventIndex = features & VirtioFeatures.ringEventIndex != 0
         indirect = features & VirtioFeatures.ringIndirectDescriptors != 0
         self.limits = limits
-        self.lastAvailableIndex = lastAvailableIndex
-        usedIndex = clibaio_load_u16_relaxed(u + 2)
+        self.lastAvailableIndex = resumeAt
+        usedIndex = guestUsedIndex
+        stagedUsedIndex = guestUsedIndex
         outstanding = [Bool](repeating: false, count: n)
     }
+
+    /// Heads recovered from the inflight region when the ring started.
+    package var recoveredFromInflight: Int { resubmit.count }
+
+    /// Heads recovered from the inflight region and not yet handed out again.
+    package var pendingResubmissions: Int { resubmit.count - resubmitted }
 
     // MARK: - Taking requests
 
@@ -77,6 +111,13 @@ package struct SplitVirtqueue: ~Copyable {
         -> VirtqueuePop
     {
         if let fault { return .broken(fault) }
+        if resubmitted < resubmit.count {
+            let head = resubmit[resubmitted]
+            resubmitted += 1
+            outstanding[Int(head)] = true
+            inFlight += 1
+            return walk(head: head, storage: storage, memory: memory)
+        }
         let availableIndex = clibaio_load_u16_acquire(available + 2)
         let pending = availableIndex &- lastAvailableIndex
         if pending == 0 { return .empty }
@@ -87,6 +128,7 @@ package struct SplitVirtqueue: ~Copyable {
         lastAvailableIndex &+= 1
         outstanding[Int(head)] = true
         inFlight += 1
+        inflight?.markPopped(head)
         if eventIndex { clibaio_store_u16_relaxed(used + 4 + 8 * size, lastAvailableIndex) }
         return walk(head: head, storage: storage, memory: memory)
     }
@@ -198,19 +240,40 @@ package struct SplitVirtqueue: ~Copyable {
     // MARK: - Completing requests
 
     /// Publishes the used element for `head` (`writtenBytes`: bytes written into device-writable
-    /// buffers, status byte included) and then used->idx with release ordering. False, and
-    /// nothing written, when `head` is not in flight (an engine bug, never guest input).
+    /// buffers, status byte included) and then used->idx with release ordering: a batch of one.
+    /// False, and nothing written, when `head` is not in flight (an engine bug, never guest
+    /// input).
     @discardableResult
     package mutating func complete(head: UInt16, writtenBytes: UInt32) -> Bool {
+        guard stageUsed(head: head, writtenBytes: writtenBytes) else { return false }
+        publishUsed()
+        return true
+    }
+
+    /// Writes the used element for `head` past used->idx without publishing it, and links the
+    /// head into the inflight region's batch. Any number may be staged; `publishUsed` makes them
+    /// visible at once.
+    @discardableResult
+    package mutating func stageUsed(head: UInt16, writtenBytes: UInt32) -> Bool {
         guard Int(head) < size, outstanding[Int(head)] else { return false }
         outstanding[Int(head)] = false
         inFlight -= 1
-        let element = used + 4 + 8 * (Int(usedIndex) & (size - 1))
+        inflight?.stage(head)
+        let element = used + 4 + 8 * (Int(stagedUsedIndex) & (size - 1))
         clibaio_store_u32_relaxed(element, UInt32(head).littleEndian)
         clibaio_store_u32_relaxed(element + 4, writtenBytes.littleEndian)
-        usedIndex &+= 1
-        clibaio_store_u16_release(used + 2, usedIndex)
+        stagedUsedIndex &+= 1
         return true
+    }
+
+    /// Publishes every staged used element with one release store of used->idx, then settles
+    /// the inflight region (clears the batch's heads, records used->idx). One store per batch
+    /// is what lets a restarted back-end tell which heads were published (`InflightQueue`).
+    package mutating func publishUsed() {
+        guard stagedUsedIndex != usedIndex else { return }
+        usedIndex = stagedUsedIndex
+        clibaio_store_u16_release(used + 2, usedIndex)
+        inflight?.settle(usedIndex: usedIndex)
     }
 
     /// Whether the guest wants an interrupt for what `complete` published since the last call.
@@ -246,12 +309,13 @@ package struct SplitVirtqueue: ~Copyable {
             clibaio_store_u16_relaxed(used, 0)
         }
         clibaio_fence_seq_cst()
-        return clibaio_load_u16_acquire(available + 2) != lastAvailableIndex
+        return resubmitted < resubmit.count || clibaio_load_u16_acquire(available + 2) != lastAvailableIndex
     }
 
     /// Chains are available to `pop` (read without arming notifications: the polling check).
     @inline(__always)
     package var hasAvailable: Bool {
-        fault == nil && clibaio_load_u16_acquire(available + 2) != lastAvailableIndex
+        fault == nil
+            && (resubmitted < resubmit.count || clibaio_load_u16_acquire(available + 2) != lastAvailableIndex)
     }
 }

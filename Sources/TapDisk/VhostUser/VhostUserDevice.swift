@@ -14,12 +14,15 @@ package enum VhostUserDeviceError: Error, Equatable, Sendable {
     case badVringIndex(UInt32)
     /// SET_VRING_BASE above 0xffff.
     case badVringBase(UInt32)
-    /// A request this device never negotiates (log, postcopy, inflight, status, mem slots...).
+    /// A request this device never negotiates (log, postcopy, status, mem slots...).
     case unsupported(VhostUserRequest)
     /// The ring cannot start: no memory table, size or addresses yet.
     case ringNotConfigured
     /// GET_VRING_BASE or SET_MEM_TABLE while requests are still in flight: drain them first.
     case requestsInFlight(Int)
+    /// GET_INFLIGHT_FD or SET_INFLIGHT_FD refused (shape, size, seals), or sent without
+    /// INFLIGHT_SHMFD negotiated or while the ring runs (its queue points into the region).
+    case inflight(InflightRegionError?)
     /// A GET_CONFIG window outside the 256-byte config space.
     case badConfigWindow(offset: UInt32, size: UInt32)
     /// A kick or call fd that is not a counting eventfd (or a kick without any fd): a pipe or
@@ -49,6 +52,12 @@ package struct VhostUserDevice: ~Copyable {
     /// Counts rings built (SET_VRING_KICK, SET_MEM_TABLE): a broken ring's fault is sticky only
     /// until the front-end sets a new one up.
     package private(set) var queueStarts: UInt64 = 0
+    /// The inflight region (GET_INFLIGHT_FD made it or SET_INFLIGHT_FD handed it over): the
+    /// queue keeps it in step, and QEMU keeps its fd for the next back-end after a restart.
+    package private(set) var inflight: InflightRegion?
+    /// The fd to send with the reply just returned (GET_INFLIGHT_FD's memfd; -1: none). Owned by
+    /// `inflight`; `takeReplyDescriptor` hands it to the sender once.
+    private var replyDescriptor: Int32 = -1
 
     package init(configuration: VhostUserDeviceConfiguration) { self.configuration = configuration }
 
@@ -60,6 +69,14 @@ package struct VhostUserDevice: ~Copyable {
         switch queue {
         case .some(let q): q.lastAvailableIndex
         case .none: nil
+        }
+    }
+
+    /// Requests the running ring took over from the inflight region when it started.
+    package var recoveredFromInflight: Int {
+        switch queue {
+        case .some(let q): q.recoveredFromInflight
+        case .none: 0
         }
     }
 
@@ -191,6 +208,32 @@ package struct VhostUserDevice: ~Copyable {
             case .setVringEnable:
                 let s = try vring(decode { () throws(VhostUserError) in try m.vringState() })
                 enabled = s.num != 0
+            case .getInflightFD:
+                let d = try decode { () throws(VhostUserError) in try m.inflightDescription() }
+                try checkInflightAllowed()
+                let region: InflightRegion
+                do throws(InflightRegionError) {
+                    region = try InflightRegion.create(
+                        queueCount: d.queueCount, queueSize: d.queueSize, maxQueueSize: configuration.maxQueueSize)
+                } catch {
+                    throw .inflight(error)
+                }
+                replyDescriptor = region.descriptor.rawValue
+                let reply = VhostUserReply.inflight(region.description)
+                inflight = consume region
+                return reply
+            case .setInflightFD:
+                let d = try decode { () throws(VhostUserError) in try m.inflightDescription() }
+                try checkInflightAllowed()
+                guard let fd = m.descriptors.take(0) else { throw .inflight(nil) }
+                inflight = nil
+                do throws(InflightRegionError) {
+                    inflight = try InflightRegion(
+                        adopting: fd, description: d, maxQueueSize: configuration.maxQueueSize,
+                        requireShrinkSeal: configuration.requireShrinkSealedMemory)
+                } catch {
+                    throw .inflight(error)
+                }
             case .getConfig:
                 let access = try decode { () throws(VhostUserError) in try m.configAccess() }
                 guard let window = configuration.config.window(offset: access.offset, size: access.size) else {
@@ -202,6 +245,19 @@ package struct VhostUserDevice: ~Copyable {
             }
             return nil
         }
+    }
+
+    /// The region may be made or replaced only when negotiated and while no queue points into it.
+    private func checkInflightAllowed() throws(VhostUserDeviceError) {
+        guard protocolFeatures & VhostUserProtocolFeatures.inflightSharedMemory != 0, queue == nil else {
+            throw .inflight(nil)
+        }
+    }
+
+    /// The fd that must travel with the reply `handle` just returned (-1: none), once.
+    package mutating func takeReplyDescriptor() -> Int32 {
+        defer { replyDescriptor = -1 }
+        return replyDescriptor
     }
 
     /// Lifts a payload accessor's error (cannot happen after `VhostUserMessage` validated the
@@ -242,7 +298,7 @@ package struct VhostUserDevice: ~Copyable {
         do throws(VirtqueueSetupError) {
             fresh = try SplitVirtqueue(
                 size: queueSize, addresses: addresses, lastAvailableIndex: base, features: features, memory: memory,
-                limits: VirtqueueLimits(maxChainBytes: configuration.maxChainBytes))
+                limits: VirtqueueLimits(maxChainBytes: configuration.maxChainBytes), inflight: inflight?.queue(0))
         } catch {
             throw .queue(error)
         }
@@ -279,6 +335,7 @@ package struct VhostUserDevice: ~Copyable {
         stopQueue()
         call = nil
         memory = GuestMemory()
+        inflight = nil
         features = 0
         protocolFeatures = 0
         queueSize = 0

@@ -179,6 +179,14 @@ package struct VhostUserMessage: ~Copyable {
         }
     }
 
+    /// GET_INFLIGHT_FD / SET_INFLIGHT_FD (SET's fd: `descriptors.take(0)`).
+    package func inflightDescription() throws(VhostUserError) -> VhostUserInflightDescription {
+        guard request == .getInflightFD || request == .setInflightFD else { throw .wrongPayloadKind(request) }
+        return VhostUserInflightDescription(
+            mmapSize: Self.load(UInt64.self, payload, 0), mmapOffset: Self.load(UInt64.self, payload, 8),
+            queueCount: Self.load(UInt16.self, payload, 16), queueSize: Self.load(UInt16.self, payload, 18))
+    }
+
     package func configAccess() throws(VhostUserError) -> VhostUserConfigAccess {
         guard request == .getConfig || request == .setConfig else { throw .wrongPayloadKind(request) }
         return VhostUserConfigAccess(

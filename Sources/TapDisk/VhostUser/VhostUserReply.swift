@@ -29,6 +29,17 @@ package enum VhostUserReply {
         return bytes
     }
 
+    /// GET_INFLIGHT_FD: the region's size and offset (the memfd travels with it).
+    package static func inflight(_ d: VhostUserInflightDescription) -> [UInt8] {
+        var bytes = header(.getInflightFD, size: VhostUserInflightDescription.byteCount)
+        withUnsafeBytes(of: d.mmapSize.littleEndian) { bytes.append(contentsOf: $0) }
+        withUnsafeBytes(of: d.mmapOffset.littleEndian) { bytes.append(contentsOf: $0) }
+        withUnsafeBytes(of: d.queueCount.littleEndian) { bytes.append(contentsOf: $0) }
+        withUnsafeBytes(of: d.queueSize.littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: [0, 0, 0, 0])
+        return bytes
+    }
+
     /// REPLY_ACK for a request sent with the need-reply flag.
     package static func ack(_ request: VhostUserRequest, success: Bool) -> [UInt8] {
         u64(request, success ? 0 : 1)
@@ -41,9 +52,13 @@ package enum VhostUserReply {
         return bytes
     }
 
-    /// Writes a whole encoded message (no fds: no reply this backend sends carries one).
-    package static func send(_ bytes: [UInt8], on socket: Int32) throws(Errno) {
-        let n = bytes.withUnsafeBytes { clibaio_vhost_send(socket, $0.baseAddress, $0.count, nil, 0) }
+    /// Writes a whole encoded message, with `descriptor` attached when it is not -1 (only
+    /// GET_INFLIGHT_FD's reply carries one).
+    package static func send(_ bytes: [UInt8], on socket: Int32, descriptor: Int32 = -1) throws(Errno) {
+        let fd = descriptor
+        let n = bytes.withUnsafeBytes { b in
+            withUnsafePointer(to: fd) { clibaio_vhost_send(socket, b.baseAddress, b.count, $0, fd >= 0 ? 1 : 0) }
+        }
         if n < 0 { throw Errno(rawValue: Int32(-n)) }
     }
 }

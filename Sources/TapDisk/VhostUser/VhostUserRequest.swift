@@ -61,12 +61,14 @@ package enum VhostUserRequest: UInt32, Sendable, CaseIterable {
             .exactly(8)
         case .setVringAddr:
             .exactly(40)
+        case .getInflightFD, .setInflightFD:
+            .exactly(VhostUserInflightDescription.byteCount)
         case .setMemTable:
             .memoryTable
         case .getConfig, .setConfig:
             .config
-        case .setLogBase, .setLogFD, .sendRARP, .netSetMTU, .iotlbMessage, .setVringEndian, .getInflightFD,
-            .setInflightFD, .addMemReg, .remMemReg, .setBackendReqFD:
+        case .setLogBase, .setLogFD, .sendRARP, .netSetMTU, .iotlbMessage, .setVringEndian, .addMemReg, .remMemReg,
+            .setBackendReqFD:
             .notSupported
         }
     }

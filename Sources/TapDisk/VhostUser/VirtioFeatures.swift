@@ -36,7 +36,8 @@ package enum VhostUserProtocolFeatures {
     package static let inflightSharedMemory: UInt64 = 1 << 12
     package static let configureMemSlots: UInt64 = 1 << 15
 
-    /// Offered: REPLY_ACK and CONFIG. MQ and INFLIGHT_SHMFD come later; CONFIGURE_MEM_SLOTS is
-    /// not offered, so QEMU describes memory with SET_MEM_TABLE rather than ADD/REM_MEM_REG.
-    package static let offered: UInt64 = replyAck | config
+    /// Offered: REPLY_ACK, CONFIG and INFLIGHT_SHMFD (requests in flight survive a back-end
+    /// restart: `InflightQueue`). MQ comes later; CONFIGURE_MEM_SLOTS is not offered, so QEMU
+    /// describes memory with SET_MEM_TABLE rather than ADD/REM_MEM_REG.
+    package static let offered: UInt64 = replyAck | config | inflightSharedMemory
 }

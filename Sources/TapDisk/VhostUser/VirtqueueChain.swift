@@ -77,6 +77,8 @@ package enum VirtqueueSetupError: Error, Equatable, Sendable {
     case misaligned
     /// A ring does not lie inside one mapped region (front-end user addresses).
     case ringNotMapped
+    /// The inflight region was made for a queue of another size.
+    case inflightSizeMismatch(region: UInt16, queue: Int)
 }
 
 /// Bounds a chain must respect beyond the queue size.

@@ -34,7 +34,7 @@ final class VhostUserTestFrontend {
     static let needReplyFlag: UInt32 = 0x8
 
     /// The connection (-1 once `disconnect` closed it).
-    private(set) var socket: Int32
+    var socket: Int32
     let memfd: FileDescriptor
     var ring: Ring
     let kickFD: FileDescriptor
@@ -44,6 +44,11 @@ final class VhostUserTestFrontend {
     let timeout: Double
     /// Feature bits asked for on top of `wantedFeatures` when offered (DISCARD, WRITE_ZEROES).
     var extraFeatures: UInt64 = 0
+    /// Protocol feature bits asked for on top of REPLY_ACK and CONFIG when offered.
+    var extraProtocolFeatures: UInt64 = 0
+    /// The inflight region's fd, kept across reconnects as QEMU keeps it (-1: none yet).
+    var inflightFD: Int32 = -1
+    var inflightSize: UInt64 = 0
     private(set) var offeredFeatures: UInt64 = 0
     private(set) var features: UInt64 = 0
     private(set) var protocolFeatures: UInt64 = 0
@@ -69,7 +74,10 @@ final class VhostUserTestFrontend {
         setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    deinit { disconnect() }
+    deinit {
+        disconnect()
+        if inflightFD >= 0 { close(inflightFD) }
+    }
 
     /// Closes the connection, as a front-end that dies does.
     func disconnect() {
@@ -188,7 +196,9 @@ final class VhostUserTestFrontend {
             throw Failure("PROTOCOL_FEATURES not offered: \(String(offeredFeatures, radix: 16))")
         }
         let offeredProtocol = try ask(.getProtocolFeatures)
-        protocolFeatures = offeredProtocol & (VhostUserProtocolFeatures.replyAck | VhostUserProtocolFeatures.config)
+        protocolFeatures =
+            offeredProtocol
+            & (VhostUserProtocolFeatures.replyAck | VhostUserProtocolFeatures.config | extraProtocolFeatures)
         try send(.setProtocolFeatures, payload: VhostUserTest.le(protocolFeatures))
         try setUp(.setOwner)
         features = offeredFeatures & (Self.wantedFeatures | extraFeatures)

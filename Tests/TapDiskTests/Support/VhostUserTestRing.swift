@@ -64,12 +64,13 @@ struct VhostUserTestRing: ~Copyable {
 
     func queue(
         features: UInt64 = allFeatures, lastAvailableIndex: UInt16 = 0, maxChainBytes: UInt64 = 1 << 20,
-        maxIndirectEntries: Int = 1024
+        maxIndirectEntries: Int = 1024, inflight: InflightQueue? = nil
     ) throws -> SplitVirtqueue {
         try SplitVirtqueue(
             size: UInt32(size), addresses: addresses, lastAvailableIndex: lastAvailableIndex, features: features,
             memory: memory,
-            limits: VirtqueueLimits(maxChainBytes: maxChainBytes, maxIndirectEntries: maxIndirectEntries))
+            limits: VirtqueueLimits(maxChainBytes: maxChainBytes, maxIndirectEntries: maxIndirectEntries),
+            inflight: inflight)
     }
 
     /// Writes descriptor `index` of the table at guest-physical `table` (default: the ring's).

@@ -10,10 +10,12 @@ import Testing
 @Suite(.skipUnderSanitizer(Sanitizer.mallocReason)) struct VhostUserAllocationTests {
     typealias Ring = VhostUserTestRing
 
-    @Test func dataPlaneAllocatesNothingPerRequest() throws {
+    /// With `inflight`, every pop and answer also keeps the inflight region (INFLIGHT_SHMFD).
+    @Test(arguments: [false, true]) func dataPlaneAllocatesNothingPerRequest(inflight: Bool) throws {
         try #require(mallocCounterActive, "the malloc counter is not interposed")
         var ring = try Ring(size: 8)
-        var q = try ring.queue()
+        let region = try InflightRegion.create(queueCount: 1, queueSize: 8, maxQueueSize: 1024)
+        var q = try ring.queue(inflight: inflight ? region.queue(0) : nil)
         let iov = IovecStorage(16)
         let disk = VirtioBlkDisk(
             capacitySectors: 2048, blockSize: 512, readOnly: false, discard: true, maxDiscardSectors: 1024,

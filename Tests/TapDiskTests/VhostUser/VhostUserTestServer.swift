@@ -79,7 +79,9 @@ final class VhostUserTestServer {
             guard let message = try VhostUserMessage.receive(from: connection) else { return false }
             requests.append(message.request)
             let request = message.request
-            if let reply = try device.handle(message) { try VhostUserReply.send(reply, on: connection) }
+            if let reply = try device.handle(message) {
+                try VhostUserReply.send(reply, on: connection, descriptor: device.takeReplyDescriptor())
+            }
             if request == .setMemTable { memoryTablesSealed.append(device.memory.allShrinkSealed) }
             return true
         } catch {
