@@ -117,11 +117,14 @@ def run(n, workdir, procs, images):
     for i, img in enumerate(images):
         sock = os.path.join(workdir, f"disk{i}.sock")
         t0 = time.monotonic()
-        p = subprocess.Popen([f"{BIN}/tapdiskd", "--image", img, "--socket", sock], stdout=devnull, stderr=devnull)
+        log = os.path.join(workdir, f"disk{i}.log")
+        images.append(log)
+        with open(log, "w") as logf:
+            p = subprocess.Popen([f"{BIN}/tapdiskd", "--image", img, "--socket", sock], stdout=devnull, stderr=logf)
         procs.append(p)
         while True:
             if p.poll() is not None:
-                raise SystemExit(f"tapdiskd {i} exited {p.returncode} before answering info")
+                raise SystemExit(f"tapdiskd {i} exited {p.returncode} before answering info: {open(log).read()}")
             try:
                 info(sock)
                 break
@@ -131,6 +134,7 @@ def run(n, workdir, procs, images):
                 raise SystemExit(f"tapdiskd {i} did not answer info within 10 s")
         daemons.append((p, sock, time.monotonic() - t0))
 
+    aio_nr = int(open("/proc/sys/fs/aio-nr").read())
     # All idle now: let them settle, then sample.
     time.sleep(2)
     rss_anon = [kib(status_fields(p.pid)["RssAnon"]) for p, _, _ in daemons]
@@ -182,8 +186,10 @@ def run(n, workdir, procs, images):
     print(f"| exporter scrape `GET /metrics` over all {n} ({SCRAPES} scrapes) | {ms(med(scrape_s))} | {ms(max(scrape_s))} |")
     print(f"| scrape size | {med(sizes) / 1024:.0f} KiB | {max(sizes) / 1024:.0f} KiB |")
     print(f"| `tapdiskd_up{{...}} 1` lines per scrape (must be {n}) | {med(ups):.0f} | min {min(ups)} |")
-    print(f"| exporter after the scrapes: RssAnon / VmRSS | {kib(ex['RssAnon']) / 1024:.2f} MiB | {kib(ex['VmRSS']) / 1024:.2f} MiB |")
-    print(f"| load average (1/5/15 min) before / after | {' '.join(load_before)} | {' '.join(load_after)} |")
+    print(f"| exporter RssAnon after the scrapes | {kib(ex['RssAnon']) / 1024:.2f} MiB | |")
+    print(f"| exporter VmRSS after the scrapes | {kib(ex['VmRSS']) / 1024:.2f} MiB | |")
+    print(f"| /proc/sys/fs/aio-nr with all {n} running (per daemon) | {aio_nr} | {aio_nr / n:.0f} |")
+    print(f"| load average 1/5/15 min, before / after the run | {' '.join(load_before)} | {' '.join(load_after)} |")
     if min(ups) != n:
         print(f"\nFAIL: a scrape saw {min(ups)} daemons up, not {n}", file=sys.stderr)
         sys.exit(1)

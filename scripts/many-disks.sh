@@ -30,6 +30,15 @@ if [[ $(ulimit -u) != unlimited ]] && (($(ulimit -u) < n + 64)); then
     exit 1
 fi
 
+# Each daemon's io_setup reserves its ring's entries (512 at the default --max-ring-page-order)
+# of fs.aio-max-nr, whose default 65536 stops the 129th daemon with EAGAIN.
+aio_free=$(($(cat /proc/sys/fs/aio-max-nr) - $(cat /proc/sys/fs/aio-nr)))
+if ((aio_free < n * 512)); then
+    echo "fs.aio-max-nr leaves room for $aio_free AIO events, $n daemons need $((n * 512)):" >&2
+    echo "  sysctl -w fs.aio-max-nr=$((n * 512 + $(cat /proc/sys/fs/aio-nr) + 65536))" >&2
+    exit 1
+fi
+
 if [[ ! -x .build/release/tapdiskd || ! -x .build/release/tapdisk-exporter ]]; then
     swift build -c release >&2
 fi
