@@ -114,7 +114,7 @@ def run(n, workdir, procs, images):
         images.append(img)
 
     daemons = []  # (Popen, socket path, start-up seconds)
-    for i, img in enumerate(images):
+    for i, img in enumerate(list(images)):
         sock = os.path.join(workdir, f"disk{i}.sock")
         t0 = time.monotonic()
         log = os.path.join(workdir, f"disk{i}.log")
