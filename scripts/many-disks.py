@@ -139,6 +139,7 @@ def run(n, workdir, procs, images):
     time.sleep(2)
     rss_anon = [kib(status_fields(p.pid)["RssAnon"]) for p, _, _ in daemons]
     rss = [kib(status_fields(p.pid)["VmRSS"]) for p, _, _ in daemons]
+    fds = [len(os.listdir(f"/proc/{p.pid}/fd")) for p, _, _ in daemons]
     before = [ctxt_switches(p.pid) for p, _, _ in daemons]
     t0 = time.monotonic()
     time.sleep(IDLE_SECONDS)
@@ -181,6 +182,7 @@ def run(n, workdir, procs, images):
     print(f"| start-up, spawn to first `info` answer (started one after another) | {ms(med(start_s))} | {ms(max(start_s))} |")
     print(f"| RssAnon per idle daemon | {med(rss_anon) / 1024:.2f} MiB | {max(rss_anon) / 1024:.2f} MiB |")
     print(f"| VmRSS per idle daemon (incl. shared text) | {med(rss) / 1024:.2f} MiB | {max(rss) / 1024:.2f} MiB |")
+    print(f"| open descriptors per idle daemon | {med(fds):.0f} | {max(fds)} |")
     print(f"| wake-ups/s per idle daemon (ctxt switches, all {med(threads):.0f} threads, over {elapsed:.1f} s) | {med(wakeups):.2f} | {max(wakeups):.2f} |")
     print(f"| wake-ups/s, all {n} idle daemons together | {sum(wakeups):.0f} | |")
     print(f"| exporter scrape `GET /metrics` over all {n} ({SCRAPES} scrapes) | {ms(med(scrape_s))} | {ms(max(scrape_s))} |")
