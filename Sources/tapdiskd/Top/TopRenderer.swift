@@ -1,4 +1,5 @@
 import TapDisk
+import TapDiskMetrics
 
 /// `tapdiskd top`'s two outputs: a fixed-width table for people and one JSON object per
 /// sample for scripts.

@@ -1,51 +1,50 @@
 import TapDisk
-import TapDiskMetrics
 
-/// One disk's line in `tapdiskd top`: rates and p99 from two samples of the same daemon, one
+/// One disk's line in `tapdiskd top` (here rather than in the executable so tests can reach it): rates and p99 from two samples of the same daemon, one
 /// interval apart, and the gauges of the newer one.
 ///
 /// Rates are differences of the `stats` counters over the interval, and p99 is taken from the
 /// difference of the latency buckets, so it describes this interval, not the daemon's lifetime.
-struct TopRow: Equatable {
-    var disk: String
+package struct TopRow: Equatable, Sendable {
+    package var disk: String
     /// `status`' state, or `down` when the daemon did not answer.
-    var state: String
-    var ioStatus: String?
-    var front: String?
-    var inFlight: UInt64?
-    var held: UInt64?
+    package var state: String
+    package var ioStatus: String?
+    package var front: String?
+    package var inFlight: UInt64?
+    package var held: UInt64?
     /// Per second over the interval; nil without an earlier sample of this disk.
-    var readIOPS: Double?
-    var writeIOPS: Double?
-    var readBytesPerSecond: Double?
-    var writeBytesPerSecond: Double?
+    package var readIOPS: Double?
+    package var writeIOPS: Double?
+    package var readBytesPerSecond: Double?
+    package var writeBytesPerSecond: Double?
     /// The upper bound (ns) of the bucket holding the interval's p99 over all operations,
     /// `UInt64.max` when it lies beyond the last bound (10 s); nil when nothing completed in the
     /// interval or the histograms are missing.
-    var p99Nanos: UInt64?
+    package var p99Nanos: UInt64?
     /// Why the daemon is `down`.
-    var failure: String?
+    package var failure: String?
 
     /// Read plus write IOPS, the sort key (0 for a disk without rates).
-    var totalIOPS: Double { (readIOPS ?? 0) + (writeIOPS ?? 0) }
+    package var totalIOPS: Double { (readIOPS ?? 0) + (writeIOPS ?? 0) }
 
     /// The rows for `current`, using `previous` (matched by socket path) for the rates. When both
     /// samples carry `uptime-seconds` their difference is the interval (the daemon's own clock
     /// between its two answers); otherwise `seconds`, the time between the two scrapes.
-    static func rows(previous: [DaemonSample], current: [DaemonSample], seconds: Double) -> [TopRow] {
+    package static func rows(previous: [DaemonSample], current: [DaemonSample], seconds: Double) -> [TopRow] {
         var before: [String: DaemonSample.Replies] = [:]
         for s in previous { if let r = s.replies { before[s.socketPath] = r } }
         return sorted(current.map { row(before[$0.socketPath], $0, seconds: seconds) })
     }
 
     /// By total IOPS, highest first, then by disk name.
-    static func sorted(_ rows: [TopRow]) -> [TopRow] {
+    package static func sorted(_ rows: [TopRow]) -> [TopRow] {
         rows.sorted { a, b in
             a.totalIOPS != b.totalIOPS ? a.totalIOPS > b.totalIOPS : a.disk < b.disk
         }
     }
 
-    static func row(_ before: DaemonSample.Replies?, _ sample: DaemonSample, seconds: Double) -> TopRow {
+    package static func row(_ before: DaemonSample.Replies?, _ sample: DaemonSample, seconds: Double) -> TopRow {
         guard let now = sample.replies else {
             return TopRow(disk: sample.disk, state: "down", failure: sample.failure)
         }
@@ -78,11 +77,11 @@ struct TopRow: Equatable {
 
     /// A counter's growth; a counter that went down belongs to a restarted daemon, whose whole
     /// count is new.
-    static func delta(_ old: UInt64, _ new: UInt64) -> UInt64 { new >= old ? new - old : new }
+    package static func delta(_ old: UInt64, _ new: UInt64) -> UInt64 { new >= old ? new - old : new }
 
     /// p99 of the requests that completed between two `latency` objects, all operations merged:
     /// the bound of its bucket, `UInt64.max` above the last bound, nil when none completed.
-    static func p99(_ old: JSONObject?, _ new: JSONObject?) -> UInt64? {
+    package static func p99(_ old: JSONObject?, _ new: JSONObject?) -> UInt64? {
         guard let new, let bounds = new["bounds-ns"]?.arrayValue?.compactMap({ $0.uint64Value }), !bounds.isEmpty
         else { return nil }
         var merged = [UInt64](repeating: 0, count: bounds.count + 1)
