@@ -16,7 +16,7 @@ struct TopCommand: ParsableCommand {
             Columns: read and write IOPS and MB/s and the p99 latency (the bound of its histogram \
             bucket, all operations) over the last interval; in-flight and held requests, state, \
             io-status and front now. LIMIT is always - : there is no QoS yet. A daemon that does not \
-            answer within half the interval is a row with state down.
+            answer within half the interval (at least 100 ms) is a row with state down.
             """
     )
 
