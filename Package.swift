@@ -37,6 +37,8 @@ let package = Package(
             name: "tapdiskd",
             dependencies: [
                 "TapDisk",
+                // For `tapdiskd top`: the exporter's discovery and querying (no NIO in it).
+                "TapDiskMetrics",
                 "CLibAIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -6,12 +6,13 @@
 /// subcommand, which then complains about a missing `--image`. Both are usage errors (exit 64),
 /// and a usage error must say what was typed wrong, not what ArgumentParser tripped over next.
 enum ArgumentPreflight {
-    static let subcommands = ["serve", "ctl", "create", "demo", "bench", "help"]
+    static let subcommands = ["serve", "ctl", "create", "demo", "bench", "top", "help"]
 
     /// A message for a first word that is neither an option nor a subcommand.
     static func unknownSubcommand(_ arguments: [String]) -> String? {
         guard let first = arguments.first, !first.hasPrefix("-"), !subcommands.contains(first) else { return nil }
-        return "unknown subcommand '\(first)'; expected one of serve, ctl, create, demo, bench (see tapdiskd --help)"
+        return
+            "unknown subcommand '\(first)'; expected one of serve, ctl, create, demo, bench, top (see tapdiskd --help)"
     }
 
     /// `--name -1` becomes `--name=-1`, so a negative number reaches the option's own validation

@@ -11,7 +11,10 @@ struct TapdiskdCommand: ParsableCommand {
         abstract:
             "A userspace block-tap daemon: serves one disk image with Linux AIO, over a Xen blkif ring or to a QEMU guest over vhost-user-blk.",
         discussion: "Every request gets exactly one answer; every failure reaches the frontend as an I/O error.",
-        subcommands: [ServeCommand.self, CtlCommand.self, CreateCommand.self, DemoCommand.self, BenchCommand.self],
+        subcommands: [
+            ServeCommand.self, CtlCommand.self, CreateCommand.self, DemoCommand.self, BenchCommand.self,
+            TopCommand.self,
+        ],
         defaultSubcommand: ServeCommand.self
     )
 

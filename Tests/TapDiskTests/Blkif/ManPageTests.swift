@@ -2,9 +2,9 @@ import Foundation
 import Testing
 
 /// `man/tapdiskd.8` documents exactly the options the built binary accepts: for `serve`, `ctl`,
-/// `create` and `bench`, the long options between the page's `BEGIN <command>-options` / `END`
+/// `create`, `bench` and `top`, the long options between the page's `BEGIN <command>-options` / `END`
 /// markers must be the long options `tapdiskd <command> --help` prints; every long option of those
-/// four and of `demo` (which has no marked list) must appear somewhere on the page outside its
+/// five and of `demo` (which has no marked list) must appear somewhere on the page outside its
 /// `.EX` examples, and the page may name no other; and the page renders without groff warnings.
 /// `--help` itself (and `--version`, which the binary does not have) is left out of the
 /// comparison.
@@ -70,6 +70,7 @@ import Testing
         (["ctl", "--help"], "ctl-options"),
         (["create", "--help"], "create-options"),
         (["bench", "--help"], "bench-options"),
+        (["top", "--help"], "top-options"),
     ])
     func manPageListsExactlyTheHelpOptions(arguments: [String], marker: String) throws {
         let fromHelp = Self.longOptions(in: try Self.help(arguments))
@@ -97,7 +98,7 @@ import Testing
     /// every command is on the page.
     @Test func everyOptionOnThePageExists() throws {
         var known = Set<String>()
-        for command in ["serve", "ctl", "create", "demo", "bench"] {
+        for command in ["serve", "ctl", "create", "demo", "bench", "top"] {
             known.formUnion(Self.longOptions(in: try Self.help([command, "--help"])))
         }
         let onPage = Self.longOptions(in: Self.withoutExamples(try Self.roffText()))
