@@ -88,6 +88,11 @@ package final class Daemon: DiskLoopHost {
         }
         do {
             engine = try Engine(image: image, policy: config.policy, maxRingPageOrder: config.maxRingPageOrder)
+        } catch {
+            let events = Int(RingLayout.entries(pageOrder: config.maxRingPageOrder))
+            throw StartError(description: AIOLimit.setupFailure(error, events: events, limit: AIOLimit.current()))
+        }
+        do {
             loop = try DiskLoop(engine: engine)
             loop.pollNanos = config.pollMicroseconds * 1000
             timer = FileDescriptor(adopting: try Errno.check(clibaio_timerfd_periodic(500)))
