@@ -38,16 +38,9 @@ struct ExporterPrometheusTests {
         // The bench attaches, loads for 1 s unmeasured, then 10 s measured, then detaches. Its
         // writes do not run at one rate (the sparse image fills), so Prometheus' 10 s window must
         // be the measured one: it starts 1 s after the attach, which this test sees happen.
-        let benchArguments = [
-            DaemonProcess.binary, "bench", "--socket", daemons[0].socketPath, "--rw", "randwrite", "--iodepth", "4",
-            "--seconds", "10", "--ramp", "1", "--json",
-        ]
-        let benchDone = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var benchRun: (status: Int32, stdout: String, stderr: String)? = nil
-        Thread {
-            benchRun = try? Shell.run(benchArguments, timeoutSeconds: 60)
-            benchDone.signal()
-        }.start()
+        let background = BackgroundBench(
+            socket: daemons[0].socketPath,
+            arguments: ["--rw", "randwrite", "--iodepth", "4", "--seconds", "10", "--ramp", "1"])
         let watcher = try daemons[0].client()
         var attachedAt: Double? = nil
         let giveUp = Date().addingTimeInterval(10)
@@ -55,8 +48,7 @@ struct ExporterPrometheusTests {
             if try watcher.call("status")["attached"]?.boolValue == true { attachedAt = Date().timeIntervalSince1970 }
             usleep(2_000)
         }
-        benchDone.wait()
-        let bench = try #require(benchRun)
+        let bench = try #require(background.wait())
         let at = try #require(attachedAt, "the bench never attached") + 11
         #expect(bench.status == 0, "\(bench.stderr)")
         let report = try #require(

@@ -107,16 +107,9 @@ import Testing
         daemons[2].signal(SIGKILL)
         _ = daemons[2].waitForExit()
 
-        let benchArguments = [
-            DaemonProcess.binary, "bench", "--socket", daemons[0].socketPath, "--rw", "randread", "--iodepth", "4",
-            "--seconds", "5", "--ramp", "1", "--json",
-        ]
-        let benchDone = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var benchRun: (status: Int32, stdout: String, stderr: String)? = nil
-        Thread {
-            benchRun = try? Shell.run(benchArguments, timeoutSeconds: 60)
-            benchDone.signal()
-        }.start()
+        let background = BackgroundBench(
+            socket: daemons[0].socketPath,
+            arguments: ["--rw", "randread", "--iodepth", "4", "--seconds", "5", "--ramp", "1"])
         let watcher = try daemons[0].client()
         #expect(
             DaemonTest.waitUntil(seconds: 10) { (try? watcher.call("status")["attached"]?.boolValue) == true },
@@ -125,9 +118,8 @@ import Testing
         // covers most of it, so a burst or a stall of the shared CPUs weighs in both alike.
         usleep(1_000_000)
         let top = try Tapdiskd.run(["top", "--once", "--json", "--sockets", dir, "--interval", "3"])
-        benchDone.wait()
         #expect(top.status == 0, "\(top.stderr)")
-        let bench = try #require(benchRun)
+        let bench = try #require(background.wait())
         #expect(bench.status == 0, "\(bench.stderr)")
         let report = try #require(
             try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any], "\(bench.stdout)")
