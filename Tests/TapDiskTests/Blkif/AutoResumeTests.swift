@@ -18,11 +18,7 @@ struct AutoResumeTests {
     /// A 16 MiB ext4 (`-m 0`) holding other tenants' files of random data and a 64 MiB sparse
     /// image, served by the real daemon with `--on-nospace pause --pause-timeout 0` to a frontend
     /// with ring order 2 and 352 data pages.
-    final class Rig {
-        let fs: LoopFilesystem
-        let daemon: DaemonProcess
-        let watcher: ControlClient
-        let driver: DiskDriver
+    final class Rig: ENOSPCDaemonRig {
         /// Non-overlapping 44 KiB slots of the image in random order: every write has its own
         /// place, so each one answered OKAY can be checked after a remount.
         private var slots: [UInt64]
@@ -34,40 +30,20 @@ struct AutoResumeTests {
         private var nextID: UInt64 = 0
 
         init(otherTenants: [(name: String, bytes: Int)], seed: UInt64) throws {
-            fs = try LoopFilesystem(sizeMiB: 16)
             var rng = SplitMix(seed: seed)
-            slots = (0..<UInt64((64 << 20) / AutoResumeTests.writeBytes)).map { $0 * AutoResumeTests.writeBytes / 512 }
+            var slots = (0..<UInt64((64 << 20) / AutoResumeTests.writeBytes)).map {
+                $0 * AutoResumeTests.writeBytes / 512
+            }
             slots.shuffle(using: &rng)
-            do {
+            self.slots = slots
+            try super.init(
+                arguments: ["--on-nospace", "pause", "--pause-timeout", "0"], pageOrder: 2,
+                dataPages: AutoResumeTests.queueDepth * AutoResumeTests.pagesPerWrite
+            ) { fs in
                 for tenant in otherTenants {
                     try Self.writeRandomFile(fs.path(tenant.name), bytes: tenant.bytes, rng: &rng)
                 }
-                let image = try RealENOSPCTests.makeSparseImage(fs.path("disk.img"), bytes: 64 << 20)
-                fs.syncDirectory()
-                daemon = try DaemonProcess(image: image, arguments: ["--on-nospace", "pause", "--pause-timeout", "0"])
-            } catch {
-                fs.cleanup()
-                throw error
             }
-            do {
-                watcher = try daemon.client()
-                try watcher.call("subscribe")
-                driver = try DiskDriver(
-                    socketPath: daemon.socketPath, pageOrder: 2,
-                    dataPages: AutoResumeTests.queueDepth * AutoResumeTests.pagesPerWrite)
-                _ = try DaemonTest.nextEvent(watcher, named: "state-changed")  // running
-            } catch {
-                daemon.forceStop()
-                fs.cleanup()
-                throw error
-            }
-        }
-
-        deinit { teardown() }
-
-        func teardown() {
-            daemon.forceStop()
-            fs.cleanup()
         }
 
         /// A file of random bytes, fsynced: a tenant that is really there, not a preallocation.

@@ -16,48 +16,14 @@ struct DaemonENOSPCTests {
     static let pagesPerWrite = 11
     static let sectorsPerWrite = UInt64(pagesPerWrite * 8)
 
-    final class Rig {
-        let fs: LoopFilesystem
-        let image: String
-        let daemon: DaemonProcess
-        let watcher: ControlClient
-        let driver: DiskDriver
-
+    final class Rig: ENOSPCDaemonRig {
         init(arguments: [String]) throws {
-            fs = try LoopFilesystem(sizeMiB: 16)
-            do {
-                image = try RealENOSPCTests.makeSparseImage(fs.path("disk.img"), bytes: 64 << 20)
-                try fs.fill(leaving: 1 << 20)
-                daemon = try DaemonProcess(image: image, arguments: arguments)
-            } catch {
-                fs.cleanup()
-                throw error
-            }
-            do {
-                watcher = try daemon.client()
-                try watcher.call("subscribe")
-                driver = try DiskDriver(
-                    socketPath: daemon.socketPath, pageOrder: 4,
-                    dataPages: DaemonENOSPCTests.writes * DaemonENOSPCTests.pagesPerWrite)
-                // The attach's own state-changed (running).
-                let attached = try DaemonTest.nextEvent(watcher, named: "state-changed")
-                guard attached?["state"] == .string("running") else {
-                    throw DaemonProcess.Failure("no running event: \(String(describing: attached))")
-                }
-            } catch {
-                daemon.forceStop()
-                fs.cleanup()
-                throw error
-            }
+            // About 1 MiB left free: roughly half of the 48 writes cannot be stored.
+            try super.init(
+                arguments: arguments, pageOrder: 4,
+                dataPages: DaemonENOSPCTests.writes * DaemonENOSPCTests.pagesPerWrite
+            ) { fs in try fs.fill(leaving: 1 << 20) }
         }
-
-        /// Stops the daemon and unmounts: also what `deinit` does, so a failing test leaks nothing.
-        func teardown() {
-            daemon.forceStop()
-            fs.cleanup()
-        }
-
-        deinit { teardown() }
 
         static func sector(_ i: Int) -> UInt64 { UInt64(i) * DaemonENOSPCTests.sectorsPerWrite }
         static func seed(_ i: Int) -> UInt64 { 0x5EED_0000 + UInt64(i) * 64 }
