@@ -242,5 +242,7 @@ int clibaio_sd_notify(const char *state);
 
 // The vhost-user-blk front (its own header; SwiftPM uses this file as the umbrella).
 #include "CLibAIOVhost.h"
+// The NBD front's sockets (its own header too).
+#include "CLibAIONBD.h"
 
 #endif
