@@ -5,12 +5,16 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 const int clibaio_SEEK_DATA = SEEK_DATA;
 const int clibaio_SEEK_HOLE = SEEK_HOLE;
+const unsigned int clibaio_EPOLLET = EPOLLET;
 
 int clibaio_tcp_listen(const char *host, const char *port, int backlog) {
     struct addrinfo hints, *list = NULL;
@@ -65,4 +69,25 @@ int clibaio_local_port(int fd) {
 void clibaio_nbd_tune_connection(int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+void clibaio_peer_name(int fd, char *buf, int len) {
+    struct sockaddr_storage addr;
+    socklen_t alen = sizeof(addr);
+    char host[INET6_ADDRSTRLEN] = "";
+    if (len <= 0) return;
+    buf[0] = 0;
+    if (getpeername(fd, (struct sockaddr *)&addr, &alen) != 0) {
+        snprintf(buf, len, "unknown");
+    } else if (addr.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&addr;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        snprintf(buf, len, "%s:%u", host, ntohs(a->sin_port));
+    } else if (addr.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&addr;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        snprintf(buf, len, "[%s]:%u", host, ntohs(a->sin6_port));
+    } else {
+        snprintf(buf, len, "unix");
+    }
 }

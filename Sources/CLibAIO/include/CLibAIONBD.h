@@ -14,8 +14,13 @@ int clibaio_local_port(int fd);
 /// TCP_NODELAY on a TCP connection (replies are small and latency-bound); a no-op on AF_UNIX.
 void clibaio_nbd_tune_connection(int fd);
 
+/// The peer of a connected socket as text ("127.0.0.1:41234", "[::1]:41234", "unix"), into buf.
+void clibaio_peer_name(int fd, char *buf, int len);
 /// lseek whences Glibc's Swift overlay does not export (they need _GNU_SOURCE).
 extern const int clibaio_SEEK_DATA;
 extern const int clibaio_SEEK_HOLE;
+/// Edge-triggered epoll: an NBD connection is read until EAGAIN, and not at all while the disk is
+/// paused, without the loop spinning on a readable socket it does not read.
+extern const unsigned int clibaio_EPOLLET;
 
 #endif

@@ -67,6 +67,7 @@ extension Daemon {
                 "indirect-segments": .integer(RingLayout.maxIndirectSegments),
             ]),
             "max-ring-page-order": .integer(config.maxRingPageOrder),
+            "nbd": nbdInfo(),
             "state": .string(engine.state.name),
         ]
     }
@@ -92,6 +93,7 @@ extension Daemon {
             "attached": .bool(engine.isAttached),
             "front": engine.isAttached ? .string(engine.front.name) : .null,
             "image-space": .object(space),
+            "nbd": nbdStatus(),
             "uptime-seconds": .double((uptimeSeconds * 1000).rounded() / 1000),
         ]
     }

@@ -20,6 +20,7 @@ package final class Daemon: DiskLoopHost {
         static let signals: UInt64 = DiskLoop.Token.firstHostToken + 2
         static let vhostListener: UInt64 = DiskLoop.Token.firstHostToken + 3
         static let vhostConnection: UInt64 = DiskLoop.Token.firstHostToken + 4
+        static let nbdListener: UInt64 = DiskLoop.Token.firstHostToken + 5
         static let firstConnection: UInt64 = 100
     }
 
@@ -53,6 +54,13 @@ package final class Daemon: DiskLoopHost {
     private let vhostSocket: SocketFile?
     var vhostConnection: FileDescriptor? = nil
     var parkedVhostMessage: VhostUserMessage? = nil
+    /// `--nbd` (or an activated listener named `nbd`): the listener, the transmission phase
+    /// (allocated once: it outlives NBD attaches), and the clients still in their handshake
+    /// (Daemon+NBD.swift).
+    let nbdListenerFD: Int32
+    let nbd: NBDTransmission?
+    var nbdHandshakes: [Int32: NBDHandshakeClient] = [:]
+    var nbdConnectionOfFD: [Int32: Int] = [:]
     private var rateLimiter = IOErrorRateLimiter()
     private var lowSpaceArmed = true
     private var lastWatchdogNanos: UInt64 = 0
@@ -152,7 +160,17 @@ package final class Daemon: DiskLoopHost {
             vhostListenerFD = -1
             vhostSocket = nil
         }
+        do throws(StartError) {
+            let opened = try Self.openNBD(config: config, engine: engine)
+            nbd = opened.transmission
+            nbdListenerFD = opened.listener
+        } catch {
+            ownedSocket?.removeIfStillOurs()
+            vhostSocket?.removeIfStillOurs()
+            throw error
+        }
         do {
+            if nbdListenerFD >= 0 { try loop.add(nbdListenerFD, token: Token.nbdListener) }
             try loop.add(listener.rawValue, token: Token.listener)
             try loop.add(timer.rawValue, token: Token.timer)
             try loop.add(signals.rawValue, token: Token.signals)
@@ -190,6 +208,7 @@ package final class Daemon: DiskLoopHost {
                 "image": "\(config.imagePath)", "socket": "\(ownedSocketPath ?? "(socket activation)")",
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
                 "vhost-user-blk": "\(config.vhostUserSocketPath ?? "none")",
+                "nbd": "\(nbd == nil ? "none" : config.nbdAddress?.description ?? "activated")",
             ])
         while !(terminating && !engine.isAttached) {
             loop.step(self)
@@ -211,6 +230,8 @@ package final class Daemon: DiskLoopHost {
         case Token.listener: acceptConnections()
         case Token.vhostListener: acceptVhostUser()
         case Token.vhostConnection: readVhostUser()
+        case Token.nbdListener: acceptNBD()
+        case let token where token & Self.nbdSocketTokenBit != 0: dispatchNBD(ready)
         case Token.timer:
             var expirations: UInt64 = 0
             _ = read(timer.rawValue, &expirations, 8)
@@ -245,6 +266,7 @@ package final class Daemon: DiskLoopHost {
     package func finishWakeup() -> Bool {
         for _ in 0..<8 where answerOwedReplies() {}
         if vhostListenerFD >= 0 { settleVhostUser() }
+        settleNBD()
         for (token, connection) in connections where connection.isClosed {
             closeConnection(token)
         }
@@ -257,6 +279,8 @@ package final class Daemon: DiskLoopHost {
             terminating = true
             _ = try? notifier.stopping()
         }
+        if nbdListenerFD >= 0 { loop.remove(nbdListenerFD) }
+        terminateNBD()
         if engine.isAttached && engine.state != .closing { engine.beginDetach() }
     }
 
@@ -265,6 +289,7 @@ package final class Daemon: DiskLoopHost {
     func periodic() {
         let now = MonotonicClock.nanoseconds()
         engine.tick(nowNanos: now)
+        nbdPeriodic(now: now)
         checkImageSize()
         if admission.shouldResumeListening(nowNanos: now) {
             try? loop.add(listener.rawValue, token: Token.listener)

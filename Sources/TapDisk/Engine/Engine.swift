@@ -210,6 +210,7 @@ package final class Engine {
         switch front {
         case .blkif: consumeRing()
         case .virtio: consumeVirtqueue()
+        case .nbd(let t): t.consume(self)
         case .none: break
         }
     }
@@ -221,6 +222,7 @@ package final class Engine {
         switch front {
         case .blkif: arm ? ring.finalCheckForRequests() : ring.hasUnconsumedRequests
         case .virtio: arm ? vhost.enableNotifications() : vhost.hasAvailable
+        case .nbd(let t): t.hasInput
         case .none: false
         }
     }
@@ -229,6 +231,7 @@ package final class Engine {
         switch front {
         case .blkif: pushRing()
         case .virtio: vhost.notifyIfNeeded()
+        case .nbd(let t): t.flushAll()
         case .none: break
         }
     }
@@ -359,6 +362,9 @@ package final class Engine {
         switch front {
         case .blkif: answer(id: record.pointee.id, operation: record.pointee.operationByte, status: status)
         case .virtio: answerChain(record.pointee, status: status)
+        case .nbd(let t):
+            t.answer(Int32(truncatingIfNeeded: record.pointee.tag), ok: status == .okay,
+                notSupported: status == .notSupported, errno: 0, engine: self)
         case .none: preconditionFailure("a record outlived its front")
         }
         table.release(index)

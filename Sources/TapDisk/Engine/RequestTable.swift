@@ -21,6 +21,7 @@ struct RequestRecord {
 
     /// The front's name for the request: the blkif id, or the virtqueue head.
     var id: UInt64 = 0
+    var tag: UInt64 = 0
     /// blkif: the operation byte exactly as read, echoed in the response.
     var operationByte: UInt8 = 0
     var operation: DiskOperation = .read

@@ -15,7 +15,8 @@ package struct NBDExport: Equatable, Sendable {
     /// with `O_DIRECT` and an unaligned request could not be issued without a bounce.
     package var minimumBlockSize: UInt32
     package var readOnly: Bool
-    /// Whether `NBD_CMD_TRIM` is advertised (the image punches holes).
+    /// Whether `NBD_CMD_TRIM` and `NBD_CMD_WRITE_ZEROES` are advertised (the image punches holes
+    /// and zeroes ranges with `fallocate`, so a fast zero is always fast).
     package var canTrim: Bool
 
     package init(name: String, size: UInt64, minimumBlockSize: UInt32, readOnly: Bool, canTrim: Bool = true) {
@@ -40,8 +41,7 @@ package struct NBDExport: Equatable, Sendable {
         if readOnly {
             flags.insert(.readOnly)
         } else {
-            flags.formUnion([.sendWriteZeroes, .sendFastZero])
-            if canTrim { flags.insert(.sendTrim) }
+            if canTrim { flags.formUnion([.sendTrim, .sendWriteZeroes, .sendFastZero]) }
         }
         if structuredReplies { flags.insert(.sendDF) }
         return flags

@@ -90,11 +90,15 @@ package enum NBDListenAddress: Equatable, Sendable, CustomStringConvertible {
                 unlink(path)
             }
             let fd = clibaio_stream_listen(path, backlog)
-            guard fd >= 0 else { throw ParseError(description: "cannot listen on --nbd \(self): \(Errno(rawValue: -fd))") }
+            guard fd >= 0 else {
+                throw ParseError(description: "cannot listen on --nbd \(self): \(Errno(rawValue: -fd))")
+            }
             return FileDescriptor(adopting: fd)
         case .tcp(let host, let port):
             let fd = clibaio_tcp_listen(host, String(port), backlog)
-            guard fd >= 0 else { throw ParseError(description: "cannot listen on --nbd \(self): \(Errno(rawValue: -fd))") }
+            guard fd >= 0 else {
+                throw ParseError(description: "cannot listen on --nbd \(self): \(Errno(rawValue: -fd))")
+            }
             return FileDescriptor(adopting: fd)
         case .activated(let fd):
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)

@@ -5,14 +5,25 @@
 /// export is `NBD_EPERM`; a write or write-zeroes past the end is `NBD_ENOSPC` and any other
 /// request past the end `NBD_EINVAL`; a range not aligned to the minimum block size is
 /// `NBD_EINVAL`; a read longer than the maximum payload is `NBD_EINVAL`. Only a bad magic and a
-/// write too long to skip end the connection. No allocation, no syscall: it runs per request.
+/// write too long to skip end the connection. No allocation, no syscall: it runs per request,
+/// and it keeps only numbers (not the export's name), so copying it costs no reference counting.
 package struct NBDRequestParser: Sendable {
-    package let export: NBDExport
-    package let session: NBDSession
+    package let size: UInt64
+    package let minimumBlockSize: UInt32
+    package let readOnly: Bool
+    package let canTrim: Bool
+    package let structuredReplies: Bool
+    package let hasAllocationContext: Bool
+    package let transmissionFlags: NBDTransmissionFlags
 
     package init(export: NBDExport, session: NBDSession) {
-        self.export = export
-        self.session = session
+        size = export.size
+        minimumBlockSize = export.minimumBlockSize
+        readOnly = export.readOnly
+        canTrim = export.canTrim
+        structuredReplies = session.structuredReplies
+        hasAllocationContext = session.allocationContext != nil
+        transmissionFlags = session.transmissionFlags
     }
 
     package func decide(_ header: NBDRequestHeader) -> NBDRequestDecision {
@@ -32,21 +43,21 @@ package struct NBDRequestParser: Sendable {
             // Offset and length are reserved for a flush; clients that set them are not refused.
             return .execute(request)
         case .write, .trim, .writeZeroes:
-            if export.readOnly { return refuse(.permission) }
-            if command == .trim && !export.canTrim { return refuse(.invalid) }
+            if readOnly { return refuse(.permission) }
+            if command != .write && !canTrim { return refuse(.invalid) }
         case .blockStatus:
-            guard session.structuredReplies, session.allocationContext != nil else { return refuse(.invalid) }
+            guard structuredReplies, hasAllocationContext, header.length > 0 else { return refuse(.invalid) }
         case .read:
             if header.length > NBDExport.maximumPayload { return refuse(.invalid) }
         case .cache:
             break
         }
         let (end, overflow) = header.offset.addingReportingOverflow(UInt64(header.length))
-        if overflow || end > export.size {
+        if overflow || end > size {
             return refuse(command == .write || command == .writeZeroes ? .noSpace : .invalid)
         }
-        let mask = UInt64(export.minimumBlockSize - 1)
-        if header.offset & mask != 0 || UInt64(header.length) & mask != 0 && end != export.size {
+        let mask = UInt64(minimumBlockSize - 1)
+        if header.offset & mask != 0 || UInt64(header.length) & mask != 0 && end != size {
             return refuse(.invalid)
         }
         return .execute(request)
@@ -55,7 +66,7 @@ package struct NBDRequestParser: Sendable {
     /// Flags documented for `command`, and only those whose transmission flag this client was sent.
     private func flagsAllowed(_ flags: NBDCommandFlags, for command: NBDCommand) -> Bool {
         guard command.allowedFlags.isSuperset(of: flags) else { return false }
-        let sent = session.transmissionFlags
+        let sent = transmissionFlags
         if flags.contains(.fua) && !sent.contains(.sendFUA) { return false }
         if flags.contains(.dontFragment) && !sent.contains(.sendDF) { return false }
         if flags.contains(.fastZero) && !sent.contains(.sendFastZero) { return false }

@@ -20,7 +20,8 @@ package struct SystemdListenFDs: Equatable, Sendable {
     /// absent, `LISTEN_FDS` missing, zero or malformed).
     package init?(environment: SystemdNotifier.Environment, pid: Int32 = getpid()) {
         guard let pidText = environment("LISTEN_PID"), Int32(pidText) == pid,
-            let countText = environment("LISTEN_FDS"), let count = Int(countText), (1...Self.maximumCount).contains(count)
+            let countText = environment("LISTEN_FDS"), let count = Int(countText),
+            (1...Self.maximumCount).contains(count)
         else { return nil }
         let names = environment("LISTEN_FDNAMES")?.split(separator: ":", omittingEmptySubsequences: false) ?? []
         descriptors = (0..<count).map { i in

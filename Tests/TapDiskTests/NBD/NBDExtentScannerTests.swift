@@ -9,7 +9,8 @@ import Testing
 @Suite struct NBDExtentScannerTests {
     /// A 1 MiB sparse file with data at [64 KiB, 128 KiB) and [512 KiB, 516 KiB).
     func sparseFile() throws -> Int32 {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-extents-\(UUID().uuidString)").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-extents-\(UUID().uuidString)")
+            .path
         let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
         try #require(fd >= 0)
         unlink(path)
@@ -57,7 +58,10 @@ import Testing
     @Test func withoutSeekDataEverythingIsData() throws {
         var fds: [Int32] = [0, 0]
         try #require(pipe(&fds) == 0)
-        defer { close(fds[0]); close(fds[1]) }
+        defer {
+            close(fds[0])
+            close(fds[1])
+        }
         #expect(extents(fds[0], 0, 8192) == [.init(length: 8192, flags: [])])
     }
 }

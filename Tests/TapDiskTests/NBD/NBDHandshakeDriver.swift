@@ -36,7 +36,8 @@ struct NBDHandshakeDriver {
         _ option: UInt32, _ data: [UInt8] = [], availability: NBDHandshake.Availability = .available
     ) -> [Reply] {
         output.removeAll()
-        send(Self.be(NBDMagic.option) + Self.be(option) + Self.be(UInt32(data.count)) + data, availability: availability)
+        send(
+            Self.be(NBDMagic.option) + Self.be(option) + Self.be(UInt32(data.count)) + data, availability: availability)
         return Self.replies(output)
     }
 

@@ -31,7 +31,10 @@ import Testing
         #expect(replies[0].payload == D.be(UInt16(0)) + D.be(UInt64(1 << 30)) + D.be(flags.rawValue))
         // NBD_INFO_BLOCK_SIZE: min = sector size, preferred 4096, max 32 MiB.
         #expect(replies[1].payload == D.be(UInt16(3)) + D.be(UInt32(512)) + D.be(UInt32(4096)) + D.be(UInt32(32 << 20)))
-        guard case .transmission(let session) = d.outcome else { Issue.record("\(d.outcome)"); return }
+        guard case .transmission(let session) = d.outcome else {
+            Issue.record("\(d.outcome)")
+            return
+        }
         #expect(!session.structuredReplies && session.allocationContext == nil && session.agreedBlockSize)
         #expect(session.exportName == "disk" && session.transmissionFlags == flags)
     }
@@ -71,7 +74,10 @@ import Testing
         var quiet = D(clientFlags: 3)
         _ = quiet.option(.exportName, [])
         #expect(quiet.output.count == 10)
-        guard case .transmission = quiet.outcome else { Issue.record("\(quiet.outcome)"); return }
+        guard case .transmission = quiet.outcome else {
+            Issue.record("\(quiet.outcome)")
+            return
+        }
         var unknown = D()
         _ = unknown.option(.exportName, Array("nope".utf8))
         #expect(unknown.outcome == .closed(.exportRefused) && unknown.output.isEmpty)
@@ -113,7 +119,10 @@ import Testing
         #expect(set.map(\.type) == [.metaContext, .ack])
         #expect(set[0].payload == D.be(NBDHandshake.allocationContextID) + Array("base:allocation".utf8))
         _ = d.option(.go, D.goData())
-        guard case .transmission(let s) = d.outcome else { Issue.record("\(d.outcome)"); return }
+        guard case .transmission(let s) = d.outcome else {
+            Issue.record("\(d.outcome)")
+            return
+        }
         #expect(s.structuredReplies && s.allocationContext == NBDHandshake.allocationContextID)
         #expect(s.transmissionFlags.contains(.sendDF))
     }
@@ -123,13 +132,15 @@ import Testing
         _ = d.option(.structuredReply)
         _ = d.option(.setMetaContext, D.metaData(queries: ["base:allocation"]))
         #expect(d.handshake.allocationContext != nil)
-        #expect(d.option(.setMetaContext, D.metaData(name: "nope", queries: ["base:allocation"])).map(\.type) == [.unknown])
+        #expect(
+            d.option(.setMetaContext, D.metaData(name: "nope", queries: ["base:allocation"])).map(\.type) == [.unknown])
         #expect(d.handshake.allocationContext == nil)
         _ = d.option(.setMetaContext, D.metaData(queries: ["base:allocation"]))
         #expect(d.option(.setMetaContext, D.metaData(queries: ["base:"])).map(\.type) == [.ack])
         #expect(d.handshake.allocationContext == nil)
         // A query length past the data is invalid.
-        #expect(d.option(.setMetaContext, D.be(UInt32(0)) + D.be(UInt32(1)) + D.be(UInt32(50))).map(\.type) == [.invalid])
+        #expect(
+            d.option(.setMetaContext, D.be(UInt32(0)) + D.be(UInt32(1)) + D.be(UInt32(50))).map(\.type) == [.invalid])
     }
 
     @Test func refusedAvailabilityIsPolicyAndShutdownIsShutdown() {
@@ -176,7 +187,10 @@ import Testing
         let data = D.goData()
         bytes += D.be(UInt32(data.count)) + data + [0x25, 0x60, 0x95, 0x13]
         d.send(bytes)
-        guard case .transmission = d.outcome else { Issue.record("\(d.outcome)"); return }
+        guard case .transmission = d.outcome else {
+            Issue.record("\(d.outcome)")
+            return
+        }
         #expect(d.consumed == bytes.count - 4)
     }
 

@@ -25,12 +25,17 @@ import Testing
             "", "unix:", "/tmp/x", "tcp:host", "tcp:host:0", "tcp:host:65536", "tcp:host:http", "tcp:::1:80",
             "tcp:[::1:80", "udp:x:1", "unix:" + String(repeating: "a", count: 108),
         ] {
-            guard case .failure = parse(bad) else { Issue.record("\(bad) accepted"); continue }
+            guard case .failure = parse(bad) else {
+                Issue.record("\(bad) accepted")
+                continue
+            }
         }
     }
 
     @Test func listensOnAUnixPathReplacingOnlyAStaleSocket() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-\(getpid())-\(UInt16.random(in: 0...9999)).sock").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "nbd-\(getpid())-\(UInt16.random(in: 0...9999)).sock"
+        ).path
         defer { unlink(path) }
         var fd: Int32 = -1
         do {

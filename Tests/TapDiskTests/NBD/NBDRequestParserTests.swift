@@ -47,7 +47,10 @@ import Testing
             Self.header(.blockStatus, 0, 1 << 20, flags: .requestOne), Self.header(.cache, 0, 4096),
             Self.header(.flush, 0, 0), Self.header(.read, 0, 0),
         ] {
-            guard case .execute(let r) = decide(h) else { Issue.record("\(h) not executed"); continue }
+            guard case .execute(let r) = decide(h) else {
+                Issue.record("\(h) not executed")
+                continue
+            }
             #expect(r.cookie == 7 && r.offset == h.offset && r.length == h.length)
         }
     }
@@ -62,7 +65,9 @@ import Testing
     @Test func aWriteLongerThanTheMaximumIsAViolationButAReadIsEINVAL() {
         #expect(decide(Self.header(.write, 0, (32 << 20) + 512)) == .violation(.payloadTooLarge((32 << 20) + 512)))
         let big = NBDExport(name: "", size: 1 << 30, minimumBlockSize: 512, readOnly: false)
-        #expect(decide(Self.header(.read, 0, (32 << 20) + 512), Self.parser(export: big)) == .refuse(cookie: 7, error: .invalid))
+        #expect(
+            decide(Self.header(.read, 0, (32 << 20) + 512), Self.parser(export: big))
+                == .refuse(cookie: 7, error: .invalid))
         guard case .execute = decide(Self.header(.write, 0, 32 << 20), Self.parser(export: big)) else {
             Issue.record("a 32 MiB write is allowed")
             return
@@ -75,13 +80,20 @@ import Testing
     }
 
     @Test func unknownCommandsAndUndocumentedFlagsAreEINVAL() {
-        #expect(decide(NBDRequestHeader(type: 8, cookie: 1, offset: 0, length: 0)) == .refuse(cookie: 1, error: .invalid))
-        #expect(decide(NBDRequestHeader(type: 0xffff, cookie: 2, offset: 0, length: 0)) == .refuse(cookie: 2, error: .invalid))
+        #expect(
+            decide(NBDRequestHeader(type: 8, cookie: 1, offset: 0, length: 0)) == .refuse(cookie: 1, error: .invalid))
+        #expect(
+            decide(NBDRequestHeader(type: 0xffff, cookie: 2, offset: 0, length: 0))
+                == .refuse(cookie: 2, error: .invalid))
         #expect(decide(Self.header(.write, 0, 512, flags: .noHole)) == .refuse(cookie: 7, error: .invalid))
         #expect(decide(Self.header(.read, 0, 512, flags: .requestOne)) == .refuse(cookie: 7, error: .invalid))
-        #expect(decide(Self.header(.read, 0, 512, flags: NBDCommandFlags(rawValue: 0x40))) == .refuse(cookie: 7, error: .invalid))
+        #expect(
+            decide(Self.header(.read, 0, 512, flags: NBDCommandFlags(rawValue: 0x40)))
+                == .refuse(cookie: 7, error: .invalid))
         // DF needs structured replies (the flag is not advertised without them).
-        #expect(decide(Self.header(.read, 0, 512, flags: .dontFragment), Self.parser(structured: false)) == .refuse(cookie: 7, error: .invalid))
+        #expect(
+            decide(Self.header(.read, 0, 512, flags: .dontFragment), Self.parser(structured: false))
+                == .refuse(cookie: 7, error: .invalid))
     }
 
     @Test func outOfRangeIsENOSPCForWritesAndEINVALOtherwise() {
@@ -108,12 +120,19 @@ import Testing
         for c in [NBDCommand.write, .trim, .writeZeroes] {
             #expect(decide(Self.header(c, 0, 512), ro) == .refuse(cookie: 7, error: .permission))
         }
-        guard case .execute = decide(Self.header(.read, 0, 512), ro) else { Issue.record("read refused"); return }
+        guard case .execute = decide(Self.header(.read, 0, 512), ro) else {
+            Issue.record("read refused")
+            return
+        }
     }
 
     @Test func blockStatusNeedsANegotiatedContext() {
-        #expect(decide(Self.header(.blockStatus, 0, 512), Self.parser(context: false)) == .refuse(cookie: 7, error: .invalid))
-        #expect(decide(Self.header(.blockStatus, 0, 512), Self.parser(structured: false)) == .refuse(cookie: 7, error: .invalid))
+        #expect(
+            decide(Self.header(.blockStatus, 0, 512), Self.parser(context: false))
+                == .refuse(cookie: 7, error: .invalid))
+        #expect(
+            decide(Self.header(.blockStatus, 0, 512), Self.parser(structured: false))
+                == .refuse(cookie: 7, error: .invalid))
     }
 
     @Test func payloadLengthFollowsTheRawTypeEvenWhenRefused() {

@@ -6,12 +6,12 @@ import Testing
 /// The constants and reply layouts against the numbers in doc/proto.md.
 @Suite struct NBDWireLayoutTests {
     @Test func magicsAndValuesMatchTheSpec() {
-        #expect(NBDMagic.server == 0x4e42444d41474943)
-        #expect(NBDMagic.option == 0x49484156454F5054)
-        #expect(NBDMagic.optionReply == 0x3e889045565a9)
-        #expect(NBDMagic.request == 0x25609513)
-        #expect(NBDMagic.simpleReply == 0x67446698)
-        #expect(NBDMagic.structuredReply == 0x668e33ef)
+        #expect(NBDMagic.server == 0x4e42_444d_4147_4943)
+        #expect(NBDMagic.option == 0x4948_4156_454F_5054)
+        #expect(NBDMagic.optionReply == 0x3_e889_0455_65a9)
+        #expect(NBDMagic.request == 0x2560_9513)
+        #expect(NBDMagic.simpleReply == 0x6744_6698)
+        #expect(NBDMagic.structuredReply == 0x668e_33ef)
         #expect(NBDOption.allCases.map(\.rawValue) == Array(1...11))
         #expect(NBDOptionReplyType.unsupported.rawValue == 0x8000_0001)
         #expect(NBDOptionReplyType.tooBig.rawValue == 0x8000_0009)
@@ -46,7 +46,7 @@ import Testing
     }
 
     @Test func simpleReplyLayout() {
-        let bytes = encode { NBDReplyEncoder.simpleReply(cookie: 0x0102030405060708, error: .noSpace, at: $0) }
+        let bytes = encode { NBDReplyEncoder.simpleReply(cookie: 0x0102_0304_0506_0708, error: .noSpace, at: $0) }
         #expect(bytes == [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 28, 1, 2, 3, 4, 5, 6, 7, 8])
         #expect(encode { NBDReplyEncoder.success(cookie: 1, at: $0) }[4..<8] == [0, 0, 0, 0])
     }
@@ -55,7 +55,9 @@ import Testing
         #expect(
             encode { NBDReplyEncoder.done(cookie: 9, at: $0) }
                 == [0x66, 0x8e, 0x33, 0xef, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0])
-        let data = encode { NBDReplyEncoder.offsetDataHeader(cookie: 9, offset: 4096, dataLength: 512, done: true, at: $0) }
+        let data = encode {
+            NBDReplyEncoder.offsetDataHeader(cookie: 9, offset: 4096, dataLength: 512, done: true, at: $0)
+        }
         #expect(data.count == 28)
         #expect(Array(data[4..<8]) == [0, 1, 0, 1])  // DONE, OFFSET_DATA
         #expect(Array(data[16..<20]) == [0, 0, 0x02, 0x08])  // 8 + 512
@@ -65,7 +67,10 @@ import Testing
         let status = encode { NBDReplyEncoder.blockStatusHeader(cookie: 9, contextID: 1, extents: 2, at: $0) }
         #expect(Array(status[4..<8]) == [0, 1, 0, 5])
         #expect(Array(status[16..<24]) == [0, 0, 0, 20, 0, 0, 0, 1])
-        #expect(encode { NBDReplyEncoder.extent(length: 4096, flags: [.hole, .zero], at: $0) } == [0, 0, 0x10, 0, 0, 0, 0, 3])
+        #expect(
+            encode { NBDReplyEncoder.extent(length: 4096, flags: [.hole, .zero], at: $0) } == [
+                0, 0, 0x10, 0, 0, 0, 0, 3,
+            ])
         // A failure to a structured client is an error chunk, to a simple one a simple reply.
         #expect(encode { NBDReplyEncoder.failure(cookie: 9, error: .io, structured: true, at: $0) } == error)
         #expect(encode { NBDReplyEncoder.failure(cookie: 9, error: .io, structured: false, at: $0) }.count == 16)
