@@ -23,7 +23,11 @@ extension Daemon {
         if engine.nbdTransmission == nil {
             return .refused("the disk is attached to a \(engine.front.name) frontend; NBD waits until it detaches")
         }
-        if engine.state == .closing { return .refused("the disk is draining; connect again") }
+        // The last client just left and its requests are still finishing (it went away with
+        // I/O in flight). Once drained, a new client re-attaches at once (`enterTransmission`).
+        if engine.state == .closing && !engine.isDrained {
+            return .refused("the last client's requests are still draining; connect again")
+        }
         return .available
     }
 
@@ -101,6 +105,10 @@ extension Daemon {
     private func enterTransmission(_ client: NBDHandshakeClient, _ session: NBDSession, leftover: ArraySlice<UInt8>) {
         guard let nbd, !client.hasUnsentOutput else {
             return endHandshake(client, reason: "the handshake's replies were not read")
+        }
+        if engine.nbdTransmission != nil && engine.state == .closing && engine.isDrained {
+            // The NBD front was detaching because the last client left: finish that now.
+            completeDetach()
         }
         if !engine.isAttached {
             do throws(Engine.AttachError) {

@@ -7,4 +7,7 @@ package struct NBDBlockStatusFlags: OptionSet, Hashable, Sendable {
     package static let hole = Self(rawValue: 1 << 0)
     /// Reads as zeroes.
     package static let zero = Self(rawValue: 1 << 1)
+    /// `HOLE|ZERO`, without an array literal (which allocates in debug builds).
+    package static let unallocated = Self(rawValue: 3)
+    package static let allocated = Self(rawValue: 0)
 }

@@ -24,13 +24,18 @@ package enum NBDCommand: UInt16, Sendable, CaseIterable, CustomStringConvertible
     }
 
     /// The command flags the spec documents for this command (FUA is valid on every command once
-    /// negotiated; the others on one command each). Any other flag is `NBD_EINVAL`.
+    /// negotiated; the others on one command each). Any other flag is `NBD_EINVAL`. Built from
+    /// raw values: an option-set array literal allocates its array in debug builds, per request.
+    @inline(__always)
     package var allowedFlags: NBDCommandFlags {
+        let fua = NBDCommandFlags.fua.rawValue
         switch self {
-        case .read: [.fua, .dontFragment]
-        case .writeZeroes: [.fua, .noHole, .fastZero]
-        case .blockStatus: [.fua, .requestOne]
-        default: [.fua]
+        case .read: return NBDCommandFlags(rawValue: fua | NBDCommandFlags.dontFragment.rawValue)
+        case .writeZeroes:
+            return NBDCommandFlags(
+                rawValue: fua | NBDCommandFlags.noHole.rawValue | NBDCommandFlags.fastZero.rawValue)
+        case .blockStatus: return NBDCommandFlags(rawValue: fua | NBDCommandFlags.requestOne.rawValue)
+        default: return NBDCommandFlags(rawValue: fua)
         }
     }
 }

@@ -44,13 +44,13 @@ package enum NBDExtentScanner {
             let data = lseek(fd, off_t(position), clibaio_SEEK_DATA)
             if data < 0 {
                 // ENXIO: no data at or after `position`; anything else: no SEEK_DATA here.
-                (next, flags) = errno == ENXIO ? (end, [.hole, .zero]) : (end, [])
+                (next, flags) = errno == ENXIO ? (end, .unallocated) : (end, .allocated)
             } else if UInt64(data) & ~mask > position {
-                (next, flags) = (min(UInt64(data) & ~mask, end), [.hole, .zero])
+                (next, flags) = (min(UInt64(data) & ~mask, end), .unallocated)
             } else {
                 let hole = lseek(fd, off_t(position), clibaio_SEEK_HOLE)
                 let holeStart = hole < 0 ? end : (UInt64(hole) + mask) & ~mask
-                (next, flags) = (min(max(holeStart, position + mask + 1), end), [])
+                (next, flags) = (min(max(holeStart, position + mask + 1), end), .allocated)
             }
             let piece = UInt32(next - position)
             position = next

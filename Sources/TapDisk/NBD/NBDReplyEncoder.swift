@@ -51,7 +51,9 @@ package enum NBDReplyEncoder {
     package static func offsetDataHeader(
         cookie: UInt64, offset: UInt64, dataLength: UInt32, done: Bool, at p: UnsafeMutableRawPointer
     ) -> Int {
-        _ = chunkHeader(cookie: cookie, type: .offsetData, flags: done ? .done : [], length: 8 + dataLength, at: p)
+        _ = chunkHeader(
+            cookie: cookie, type: .offsetData, flags: NBDReplyFlags(rawValue: done ? 1 : 0), length: 8 + dataLength,
+            at: p)
         store(offset, p, 20)
         return offsetDataHeaderLength
     }
