@@ -12,10 +12,10 @@ extension Engine {
     package func attachNBD(_ transmission: NBDTransmission) throws(AttachError) {
         guard !isAttached else { throw .alreadyAttached }
         table = RequestTable(capacity: transmission.slotCapacity + 1)
-        front = .nbd(transmission)
+        nbd.transmission = transmission
+        front = .nbd
         isAttached = true
         kickFD = -1
-        notifyFD = -1
         attachGeneration &+= 1
         barrierIndex = nil
         frontStopped = false
@@ -23,9 +23,27 @@ extension Engine {
     }
 
     /// The transmission this engine serves, if NBD is attached.
-    package var nbdTransmission: NBDTransmission? {
-        if case .nbd(let t) = front { return t }
-        return nil
+    package var nbdTransmission: NBDTransmission? { front == .nbd ? nbd.transmission : nil }
+
+    // MARK: - The core's five calls (EngineFront.swift)
+
+    func consumeNBD() { nbd.transmission?.consume(self) }
+
+    var nbdHasRequests: Bool { nbd.transmission?.hasInput ?? false }
+
+    /// Replies completed in this round leave together, one gathered `writev` per connection.
+    func pushNBD() { nbd.transmission?.flushAll() }
+
+    /// The record's `tag` is its slot; the completion's errno becomes the NBD error.
+    @inline(__always)
+    func answerNBD(_ record: RequestRecord, _ completion: Completion) {
+        countResponse(completion.status)
+        nbd.transmission?.answer(Int32(truncatingIfNeeded: record.tag), completion, engine: self)
+    }
+
+    func detachNBD() -> UInt32 {
+        nbd.transmission = nil
+        return 0
     }
 
     /// Starts one request for `slot`. The table has a record for every slot, so this never waits.

@@ -5,20 +5,22 @@ import Glibc
 /// last carries `DONE`), queued on its connection and written with gathered `writev`s as the
 /// socket takes them (an edge-triggered EPOLLOUT resumes a write that hit EAGAIN).
 extension NBDTransmission {
-    /// The engine answered the request in `slot`. `errno` is the failure's errno (0: none known).
-    func answer(_ slot: Int32, ok: Bool, notSupported: Bool, errno: Int32, engine: Engine) {
+    /// The engine answered the request in `slot`: ENOSPC/EDQUOT reach the client as
+    /// `NBD_ENOSPC`, and so on (`NBDError(errno:)`). A reply for a client that is gone is dropped.
+    func answer(_ slot: Int32, _ completion: Completion, engine: Engine) {
         let s = slots + Int(slot)
         let conn = connections + Int(s.pointee.connection)
         guard conn.pointee.inUse, conn.pointee.generation == s.pointee.generation, !conn.pointee.dead else {
             releaseSlot(slot)
             return
         }
-        guard ok else {
+        guard completion.status == .ok else {
             let error: NBDError =
-                if notSupported {
+                if completion.status == .notSupported {
+                    // Only a fast zero may be refused ENOTSUP; anything else did not happen: EIO.
                     s.pointee.flags.contains(.fastZero) ? .notSupported : .io
                 } else {
-                    errno == 0 ? .io : NBDError(errno: errno)
+                    completion.errno == 0 ? .io : NBDError(errno: completion.errno)
                 }
             reply(slot, error: error)
             enqueue(slot)
