@@ -103,7 +103,9 @@ struct ServeCommand: ParsableCommand {
         guard (1...3600).contains(nbdHandshakeTimeout) else {
             throw ValidationError("invalid value \(nbdHandshakeTimeout) for --nbd-handshake-timeout: must be 1...3600")
         }
-        if let nbdExportName, nbdExportName.utf8.count > NBDHandshake.maximumStringLength || nbdExportName.utf8.contains(0) {
+        if let nbdExportName,
+            nbdExportName.utf8.count > NBDHandshake.maximumStringLength || nbdExportName.utf8.contains(0)
+        {
             throw ValidationError("--nbd-export-name: at most 4096 bytes and no NUL")
         }
         if let cpu, CPUList.parse(cpu) == nil {

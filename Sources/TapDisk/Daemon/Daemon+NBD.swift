@@ -163,6 +163,11 @@ extension Daemon {
     /// been answered or dropped), and detaches the NBD front when the last one left.
     func settleNBD() {
         guard let nbd else { return }
+        if engine.nbdTransmission == nil && nbd.connectionCount > 0 {
+            // A `detach` (or a shutdown) finished the NBD front: its clients go, each once its
+            // last reply is written.
+            for i in 0..<nbd.connectionCapacity { nbd.close(i) }
+        }
         if terminating {
             for (fd, client) in nbdHandshakes {
                 _ = fd

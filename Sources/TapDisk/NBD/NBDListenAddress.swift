@@ -72,8 +72,8 @@ package enum NBDListenAddress: Equatable, Sendable, CustomStringConvertible {
         return .activated(fd: fd)
     }
 
-    /// A listening, non-blocking, cloexec socket. A unix path's stale socket file (nobody
-    /// accepting) is replaced; a live listener's, or a file that is not a socket, never is.
+    /// A listening, non-blocking, cloexec socket (a unix one mode 0600). A unix path's stale
+    /// socket file (nobody accepting) is replaced; a live listener's, or a file that is not a socket, never is.
     package func listen(backlog: Int32 = 64) throws(ParseError) -> FileDescriptor {
         switch self {
         case .unix(let path):
@@ -89,7 +89,11 @@ package enum NBDListenAddress: Equatable, Sendable, CustomStringConvertible {
                 }
                 unlink(path)
             }
+            // 0600 from the start: whoever can connect can read and write the disk. The umask is
+            // the process's, but this runs at startup, before any other thread exists.
+            let previous = umask(0o177)
             let fd = clibaio_stream_listen(path, backlog)
+            umask(previous)
             guard fd >= 0 else {
                 throw ParseError(description: "cannot listen on --nbd \(self): \(Errno(rawValue: -fd))")
             }

@@ -42,6 +42,8 @@ import Testing
             let listener = try NBDListenAddress.unix(path: path).listen()
             fd = listener.rawValue
             #expect(clibaio_is_stream_listener(fd) == 1)
+            var st = stat()
+            #expect(lstat(path, &st) == 0 && st.st_mode & 0o777 == 0o600)
             // A second listener on a live path is refused.
             #expect(throws: NBDListenAddress.ParseError.self) { _ = try NBDListenAddress.unix(path: path).listen() }
         }
