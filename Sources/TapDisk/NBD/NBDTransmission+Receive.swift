@@ -17,6 +17,8 @@ extension NBDTransmission {
     private func pump(_ c: Int, _ engine: Engine) {
         let conn = connections + c
         conn.pointee.blocked = false
+        // Every way out: a client that closed with nothing in flight goes at once.
+        defer { retireIfDone(c) }
         while engine.canConsume && !conn.pointee.closing {
             switch conn.pointee.pending {
             case .payload(let slot):
@@ -38,7 +40,6 @@ extension NBDTransmission {
                 }
             }
         }
-        retireIfDone(c)
     }
 
     /// One header: false when it must wait for a slot or chunks (it stays in the buffer).
