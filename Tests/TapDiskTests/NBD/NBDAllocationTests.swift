@@ -7,7 +7,7 @@ import Testing
 /// An NBD client on one end of a socketpair and the engine's NBD front on the other, in this
 /// process, driven through the daemon's own `DiskLoop`. Requests and replies live in buffers
 /// allocated before measuring, so every allocation counted is the server's.
-private final class NBDRig: DiskLoopHost {
+final class NBDRig: DiskLoopHost {
     let engine: Engine
     let loop: DiskLoop
     let nbd: NBDTransmission
@@ -48,6 +48,7 @@ private final class NBDRig: DiskLoopHost {
 
     deinit {
         close(client)
+        close(server)
         requests.deallocate()
         replies.deallocate()
         unlink(imagePath)
