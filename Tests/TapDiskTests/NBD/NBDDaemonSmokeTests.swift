@@ -8,6 +8,7 @@ import Testing
 /// client of our own that holds a connection open. A smoke test of the front's wiring; the broad
 /// real-client suites live beside it.
 @Suite(
+    .serialized,
     .enabled(if: Shell.which("qemu-io") != nil && Shell.which("nbdinfo") != nil, "qemu-io or nbdinfo missing"))
 struct NBDDaemonSmokeTests {
     static func daemon() throws -> (DaemonProcess, String) {
