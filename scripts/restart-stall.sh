@@ -21,6 +21,15 @@
 #
 # The image is on $TAPDISK_STALL_IMAGE_DIR (/dev/shm) served with --cache $TAPDISK_STALL_CACHE
 # (writeback), so a flush costs microseconds and the gaps are the restarts, not the disk.
+# NBD (for when tapdiskd serves it, issue 16): TAPDISK_STALL_TRANSPORT=nbd gives the supervisor
+# a stream listener named "nbd" at $D/n.sock instead of the vhost-user one and the guest a
+# virtio-blk disk on QEMU's NBD client (reconnect-delay=5); TAPDISK_STALL_DAEMON_ARGS adds the
+# daemon's flags and TAPDISK_STALL_CONNECTED is the daemon's log line for a new connection.
+# TAPDISK_STALL_SERVER replaces the whole daemon command (IMG and D are the image and work
+# directory) and TAPDISK_STALL_NO_CONTROL=1 passes no control socket, e.g. to try another server;
+# TAPDISK_STALL_CONNECTED=none for a server that logs no connections (then only the guest's gaps
+# and its final checks say whether it came back).
+#
 # Exit status 0 only if every restart was followed by a reconnect, the guest ended with rc=0,
 # no I/O failed or read back wrong in the guest, the image's blocks are all intact, and the
 # daemons logged no frontend violation. p50/p99 are nearest-rank over COUNT restarts.
@@ -32,6 +41,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${3:-$REPO/.build/debug/tapdiskd}
 GAP_MS=${TAPDISK_STALL_GAP_MS:-50}
 CACHE=${TAPDISK_STALL_CACHE:-writeback}
+TRANSPORT=${TAPDISK_STALL_TRANSPORT:-vhost-user}
+CONNECTED=${TAPDISK_STALL_CONNECTED:-front-end connected}
 D=$(mktemp -d /var/tmp/tapdisk-stall-XXXXXX)
 IMG=$(mktemp "${TAPDISK_STALL_IMAGE_DIR:-/dev/shm}/tapdisk-stall-XXXXXX.img")
 SUP=""
@@ -63,12 +74,24 @@ GUEST
 truncate -s 64M "$IMG"
 mkfifo "$D/cmd"
 : >"$D/daemon.log"
-python3 "$REPO/scripts/socket-supervisor.py" --control "$D/c.sock" --vhost-user "$D/v.sock" \
-    --commands "$D/cmd" --events "$D/events" --log "$D/daemon.log" -- \
-    "$BIN" --image "$IMG" --cache "$CACHE" --log-level debug &
+if [ "$TRANSPORT" = nbd ]; then
+    listener=(--listen "nbd:stream:$D/n.sock")
+    export TAPDISK_GUEST_DISK="-blockdev driver=nbd,node-name=d,server.type=unix,server.path=$D/n.sock,reconnect-delay=5 -device virtio-blk-pci,drive=d"
+else
+    listener=(--vhost-user "$D/v.sock")
+fi
+# shellcheck disable=SC2086 # TAPDISK_STALL_DAEMON_ARGS is a list of flags
+[ -n "${TAPDISK_STALL_NO_CONTROL:-}" ] || listener+=(--control "$D/c.sock")
+server=("$BIN" --image "$IMG" --cache "$CACHE" --log-level debug ${TAPDISK_STALL_DAEMON_ARGS:-})
+if [ -n "${TAPDISK_STALL_SERVER:-}" ]; then eval "server=($TAPDISK_STALL_SERVER)"; fi
+python3 "$REPO/scripts/socket-supervisor.py" "${listener[@]}" \
+    --commands "$D/cmd" --events "$D/events" --log "$D/daemon.log" -- "${server[@]}" &
 SUP=$!
-for _ in $(seq 500); do grep -q serving "$D/daemon.log" && break; sleep 0.02; done
-grep -q serving "$D/daemon.log" || { cat "$D/daemon.log"; exit 1; }
+for _ in $(seq 500); do [ -S "$D/v.sock" ] || [ -S "$D/n.sock" ] && break; sleep 0.02; done
+if [ -z "${TAPDISK_STALL_SERVER:-}" ]; then
+    for _ in $(seq 500); do grep -q serving "$D/daemon.log" && break; sleep 0.02; done
+    grep -q serving "$D/daemon.log" || { cat "$D/daemon.log"; exit 1; }
+fi
 
 (TAPDISK_GUEST_TIMEOUT=1800 TAPDISK_GUEST_CHARDEV=",reconnect=1" TAPDISK_GUEST_FILES="$D/stall-writer" \
     stdbuf -oL "$REPO/scripts/guest.sh" run "$D/v.sock" "$D/guest.sh" >"$D/console" 2>&1
@@ -87,11 +110,16 @@ reconnects=()
 for i in $(seq "$COUNT"); do
     sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.2f", 1.0 + (r % 1500) / 1000 }')"
     starts+=("$(wc -l <"$D/console")")
-    connections=$(count "front-end connected" "$D/daemon.log")
+    connections=$(count "$CONNECTED" "$D/daemon.log")
     t0=$(now)
     echo "$MODE" >"$D/cmd"
-    for _ in $(seq 3000); do [ "$(count "front-end connected" "$D/daemon.log")" -gt "$connections" ] && break; sleep 0.005; done
-    if [ "$(count "front-end connected" "$D/daemon.log")" -gt "$connections" ]; then
+    if [ "$CONNECTED" = none ]; then  # a server that logs no connections: judge by the guest only
+        sleep 1
+        reconnects+=("-")
+        continue
+    fi
+    for _ in $(seq 3000); do [ "$(count "$CONNECTED" "$D/daemon.log")" -gt "$connections" ] && break; sleep 0.005; done
+    if [ "$(count "$CONNECTED" "$D/daemon.log")" -gt "$connections" ]; then
         reconnects+=("$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')")
     else
         reconnects+=("-")
@@ -144,8 +172,12 @@ def spanned(off):
 
 best = max(({} if not gaps else spanned((t - g) - a) for t, g in gaps for a in acts), key=len, default={})
 others = sorted(g for t, g in set(gaps) - set(best.values()))
+spans = sorted(g * 1000 for t, g in best.values())
 print(f"cross-check: {len(best)} of {len(acts)} restarts fall at the start of a guest gap; "
       f"gaps that span none: {len(others)}, longest {others[-1] * 1000 if others else 0:.1f} ms")
+if spans:
+    print(f"cross-check: the spanning gaps: median {spans[(len(spans) - 1) // 2]:.1f} ms, max {spans[-1]:.1f} ms "
+          f"(a restart without one stalled the guest less than the gap threshold)")
 PY
 
 # The image, from the host: every block the guest wrote holds its own slot and a pattern that
@@ -177,7 +209,7 @@ failed=$(count "^FAIL" "$D/console")
 violations=$(grep -ciE "violation|halted" "$D/daemon.log")
 resumed=$(count "inflight region" "$D/daemon.log")
 echo "restarts: $COUNT (no reconnect after $missed); guest: $(grep '^SUMMARY' "$D/console"), FAIL lines: $failed"
-echo "$(cat "$D/image-check"); daemons: $(count "front-end connected" "$D/daemon.log") connections, $resumed rings resumed from the inflight region, $violations violations"
+echo "$(cat "$D/image-check"); daemons: $(count "$CONNECTED" "$D/daemon.log") connections, $resumed rings resumed from the inflight region, $violations violations"
 grep -E "^FAIL|TAPDISK-GUEST-END|guest.sh rc" "$D/console" | head -20
 grep -q "TAPDISK-GUEST-END rc=0" "$D/console" && [ "$failed" -eq 0 ] && [ "$missed" -eq 0 ] && [ "$violations" -eq 0 ] &&
     grep -q "corrupt=0" "$D/image-check" && grep -q "errors=0 mismatches=0" "$D/console"

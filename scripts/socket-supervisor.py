@@ -16,9 +16,10 @@ them (sd_listen_fds(3)). Commands, one per line on the FIFO:
     stop      SIGTERM, wait, exit
 
 A daemon that exits without being asked (kill -9, a crash) is started again at once
-(Restart=on-failure with no RestartSec= delay). Every step is appended to the events file as
+(Restart=on-failure with no RestartSec= delay), up to 5 deaths within 10 s. Every step is appended to the events file as
 "<CLOCK_MONOTONIC seconds> <event> pid=<pid> [status=...]", and the current daemon's pid is in
-the file EVENTS.pid. Other listeners (an NBD socket) can be added with --listen TYPE:PATH.
+the file EVENTS.pid. Other listeners (an NBD socket) are added with --listen NAME:TYPE:PATH
+(TYPE stream or seqpacket; NAME goes into LISTEN_FDNAMES); --control is optional.
 """
 import argparse
 import os
@@ -41,9 +42,9 @@ def listen(kind, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--control", required=True)
+    ap.add_argument("--control")
     ap.add_argument("--vhost-user")
-    ap.add_argument("--listen", action="append", default=[], help="stream:PATH or seqpacket:PATH, named by PATH's basename")
+    ap.add_argument("--listen", action="append", default=[], help="NAME:stream:PATH or NAME:seqpacket:PATH")
     ap.add_argument("--commands", required=True)
     ap.add_argument("--events", required=True)
     ap.add_argument("--log", default="/dev/null")
@@ -53,12 +54,13 @@ def main():
     if not argv:
         ap.error("no daemon command")
 
-    sockets = [("control", listen(socket.SOCK_SEQPACKET, a.control))]
+    sockets = [("control", listen(socket.SOCK_SEQPACKET, a.control))] if a.control else []
     if a.vhost_user:
         sockets.append(("vhost-user", listen(socket.SOCK_STREAM, a.vhost_user)))
+    kinds = {"stream": socket.SOCK_STREAM, "seqpacket": socket.SOCK_SEQPACKET}
     for spec in a.listen:
-        kind, path = spec.split(":", 1)
-        sockets.append((os.path.basename(path), listen({"stream": socket.SOCK_STREAM, "seqpacket": socket.SOCK_SEQPACKET}[kind], path)))
+        name, kind, path = spec.split(":", 2)
+        sockets.append((name, listen(kinds[kind], path)))
     # Out of the way of 3, 4, ... so dup2 in the child never overwrites a listener it still needs.
     held = [os.dup2(s.fileno(), 100 + i, inheritable=False) for i, (_, s) in enumerate(sockets)]
     names = ":".join(n for n, _ in sockets)
@@ -80,7 +82,7 @@ def main():
                     os.dup2(fd, 3 + i)  # inheritable, as systemd passes them
                 os.closerange(3 + len(held), 1024)
                 env = dict(os.environ, LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(held)), LISTEN_FDNAMES=names)
-                os.execve(argv[0], argv, env)
+                os.execvpe(argv[0], argv, env)
             finally:
                 os._exit(127)
         os.close(log)
@@ -96,6 +98,7 @@ def main():
     signal.signal(signal.SIGCHLD, lambda *_: None)
     commands = os.open(a.commands, os.O_RDWR | os.O_NONBLOCK)  # RDWR: never EOF when writers leave
     pending = b""
+    deaths = []
     pid = start()
 
     def stop(p):
@@ -117,6 +120,12 @@ def main():
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             event("died", pid, f" status={status}")
+            # StartLimitBurst=5 within 10 s, as systemd's default: a daemon that cannot start
+            # is not restarted forever.
+            deaths = [t for t in deaths if time.monotonic() - t < 10] + [time.monotonic()]
+            if len(deaths) >= 5:
+                print(f"socket-supervisor: {argv[0]} died 5 times within 10 s; giving up", file=sys.stderr)
+                return 1
             pid = start()
         if commands in ready:
             try:
@@ -134,7 +143,7 @@ def main():
                     os.kill(pid, signal.SIGKILL)
                 elif cmd == "stop":
                     stop(pid)
-                    for path in [a.control, a.vhost_user] + [s.split(":", 1)[1] for s in a.listen]:
+                    for path in [a.control, a.vhost_user] + [s.split(":", 2)[2] for s in a.listen]:
                         if path and os.path.exists(path):
                             os.unlink(path)
                     return 0
