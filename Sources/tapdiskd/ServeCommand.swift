@@ -18,7 +18,9 @@ struct ServeCommand: ParsableCommand {
 
     @Option(
         name: .customLong("vhost-user-blk"),
-        help: "Serve the disk to a vhost-user-blk front-end (QEMU) on this AF_UNIX stream socket.")
+        help:
+            "Serve the disk to a vhost-user-blk front-end (QEMU) on this AF_UNIX stream socket (under socket activation, on the passed stream socket instead)."
+    )
     var vhostUserBlk: String? = nil
 
     @Flag(help: "Serve the disk read-only.")

@@ -223,6 +223,9 @@ int clibaio_unix_connect(const char *path);
 int clibaio_accept(int listen_fd);
 /// 1 when fd is a listening AF_UNIX SOCK_SEQPACKET socket (socket activation), 0 otherwise.
 int clibaio_is_seqpacket_listener(int fd);
+/// SOCK_SEQPACKET (the control socket) or SOCK_STREAM (a vhost-user socket) when fd is a
+/// listening AF_UNIX socket of that type, 0 otherwise: tells socket-activated fds apart.
+int clibaio_unix_listener_type(int fd);
 /// recvmsg of one datagram with up to `max_fds` SCM_RIGHTS fds (all received fds are installed
 /// cloexec and returned, even beyond max_fds they are closed here). Returns the datagram's real
 /// length (may exceed `len`: truncated), or -errno. `*flags_out` gets msg_flags.

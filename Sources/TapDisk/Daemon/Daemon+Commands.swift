@@ -141,7 +141,7 @@ extension Daemon {
         _ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool
     ) throws(ControlError) {
         let parsed = try AttachRequest(request)
-        guard config.vhostUserSocketPath == nil else {
+        guard vhostListenerFD < 0 else {
             throw .busy("this daemon serves its disk to a vhost-user-blk front-end (--vhost-user-blk)")
         }
         guard !engine.isAttached else { throw .busy("a frontend is already attached") }

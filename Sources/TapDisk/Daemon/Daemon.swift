@@ -72,14 +72,16 @@ package final class Daemon: DiskLoopHost {
         let files = ConnectionAdmission.raiseFileLimit()
         logger.debug("file descriptor limit", metadata: ["soft": "\(files.soft)", "hard": "\(files.hard)"])
         admission = ConnectionAdmission(limit: config.maxControlConnections)
-        let activated = SystemdNotifier.activatedSocket(fd: 3, environment: SystemdNotifier.processEnvironment) != nil
-        if !activated {
+        let activated =
+            SystemdNotifier.activatedSockets(firstFD: 3, environment: SystemdNotifier.processEnvironment)
+            ?? SystemdNotifier.ActivatedSockets()
+        if activated.control == nil {
             guard let path = config.socketPath else {
                 throw StartError(description: "--socket PATH is required (or start under systemd socket activation)")
             }
             _ = try SocketFile.check(path)
         }
-        if let vhost = config.vhostUserSocketPath { _ = try Self.checkVhostUserPath(vhost) }
+        if activated.vhostUser == nil, let vhost = config.vhostUserSocketPath { _ = try Self.checkVhostUserPath(vhost) }
         let image: Image
         do {
             image = try Image(path: config.imagePath, cache: config.cache, readOnly: config.readOnly)
@@ -125,7 +127,8 @@ package final class Daemon: DiskLoopHost {
             }
         }
         signal(SIGPIPE, SIG_IGN)
-        if activated, let fd = SystemdNotifier.listenedSocket() {
+        let listened = SystemdNotifier.listenedSockets()
+        if let fd = listened?.control {
             listener = FileDescriptor(adopting: fd)
             ownedSocket = nil
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -136,7 +139,13 @@ package final class Daemon: DiskLoopHost {
             listener = try Self.listen(at: path)
             ownedSocket = SocketFile(boundAt: path)
         }
-        if let path = config.vhostUserSocketPath {
+        if let fd = listened?.vhostUser {
+            // The supervisor's listener: the socket file is its to keep across restarts.
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            vhostListenerFD = fd
+            vhostListener = FileDescriptor(adopting: fd)
+            vhostSocket = nil
+        } else if let path = config.vhostUserSocketPath {
             let fd: FileDescriptor
             do throws(StartError) {
                 fd = try Self.listenVhostUser(at: path)
@@ -189,7 +198,7 @@ package final class Daemon: DiskLoopHost {
             metadata: [
                 "image": "\(config.imagePath)", "socket": "\(ownedSocketPath ?? "(socket activation)")",
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
-                "vhost-user-blk": "\(config.vhostUserSocketPath ?? "none")",
+                "vhost-user-blk": "\(vhostListenerFD < 0 ? "none" : vhostSocket?.path ?? "(socket activation)")",
             ])
         while !(terminating && !engine.isAttached) {
             loop.step(self)
