@@ -48,7 +48,7 @@ import Testing
         Case(seed: 0x5eed_0006, policy: "report", pollUs: 50, roundsPerService: 1, queueSize: 256),
         Case(seed: 0x5eed_0007, policy: "report", pollUs: 0, queueSize: 64, startIndex: 0xFFFF - 699),
         Case(seed: 0x5eed_0008, policy: "pause", pollUs: 50, queueSize: 256),
-        Case(seed: 0x5eed_0009, policy: "pause", pollUs: 0, limit: "iops-read=1000,iops-write=1200,bps-total=24M"),
+        Case(seed: 0x5eed_0009, policy: "pause", pollUs: 0, limit: "iops-read=150,iops-write=150,bps-total=4M"),
     ]
 
     /// The image with its first MiB patterned, and the model of it.
