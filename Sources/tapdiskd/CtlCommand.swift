@@ -21,7 +21,7 @@ struct CtlCommand: ParsableCommand {
 
     @Argument(
         help: ArgumentHelp(
-            "With set-limits: the new limits, as serve's --limit (iops-total=200,bps-write=10M,...), or none.",
+            "With set-limits: the new limits, written as for serve (iops-total=200,bps-write=10M,...), or none.",
             valueName: "LIMITS"))
     var limits: String?
 
