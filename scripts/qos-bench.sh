@@ -6,7 +6,8 @@
 #
 # Builds release, writes a 256 MiB image and reads it once so it is in the page cache, and
 # serves it `--cache writeback`: the limit, not the disk, sets the pace. Environment:
-# QOS_IMAGE (default /var/tmp/tapdisk-qos.img), QOS_PARTS (rate,latency,change),
+# QOS_IMAGE (default /var/tmp/tapdisk-qos.img), QOS_PARTS (rate,latency,change), QOS_RAMP
+# (seconds of load before measuring, default 1; 0 counts the initial burst of a full bucket),
 # QOS_NO_BUILD=1 uses the release binary as it is.
 set -euo pipefail
 
@@ -31,5 +32,5 @@ trap 'rm -f "$image"' EXIT
 
 log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$repo/scripts/qos-bench.py" --tapdiskd "$tapdiskd" --image "$image" --seconds "$seconds" \
-    --rounds "$rounds" --parts "${QOS_PARTS:-rate,latency,change}"
+    --ramp "${QOS_RAMP:-1}" --rounds "$rounds" --parts "${QOS_PARTS:-rate,latency,change}"
 log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
