@@ -63,6 +63,13 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("cpu"), help: "Pin the daemon to these CPUs: a list such as 0 or 0,2-3.")
     var cpu: String?
 
+    @Option(
+        name: .customLong("limit"),
+        help: ArgumentHelp(
+            "QoS limits, QEMU's names: iops-total=N,iops-read=N,iops-write=N,bps-total=N,bps-read=N,bps-write=N, bursts KEY-max=N,KEY-max-length=SECONDS (bytes may end in K/M/G/T).",
+            valueName: "LIMITS"))
+    var limit: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -83,6 +90,9 @@ struct ServeCommand: ParsableCommand {
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: unknown level \(logLevel)")
+        }
+        if let limit {
+            do { _ = try ThrottleLimits.parse(limit) } catch { throw ValidationError("--limit: \(error.message)") }
         }
         if let lowSpaceThreshold {
             do { _ = try LowSpaceThreshold.parse(lowSpaceThreshold) } catch {
@@ -107,6 +117,7 @@ struct ServeCommand: ParsableCommand {
         config.maxControlConnections = maxControlConnections
         config.pollMicroseconds = UInt64(pollMicroseconds)
         config.cpus = cpu.flatMap(CPUList.parse)
+        config.limits = try limit.map { try ThrottleLimits.parse($0) } ?? ThrottleLimits()
         config.lowSpaceThreshold = try lowSpaceThreshold.map { try LowSpaceThreshold.parse($0) }
         let daemon: Daemon
         do {

@@ -243,6 +243,15 @@ int clibaio_peer_hung_up(int fd);
 /// socket is configured (returns 1 in that case), -errno on failure.
 int clibaio_sd_notify(const char *state);
 
+// MARK: - QoS timer (qos_timer.c)
+
+/// A one-shot CLOCK_MONOTONIC timerfd (non-blocking, cloexec), disarmed. -errno on failure.
+int clibaio_qos_timer_create(void);
+/// Arms it to fire once at `deadline_ns` on CLOCK_MONOTONIC (absolute). -errno on failure.
+int clibaio_qos_timer_arm(int fd, uint64_t deadline_ns);
+/// Disarms it. -errno on failure.
+int clibaio_qos_timer_disarm(int fd);
+
 // The vhost-user-blk front (its own header; SwiftPM uses this file as the umbrella).
 #include "CLibAIOVhost.h"
 

@@ -37,6 +37,8 @@ extension Daemon {
                     connection,
                     ControlReply.ok(
                         fields: ["resubmitted": .integer(r.resubmitted), "failed": .integer(r.failed)], tag: tag))
+            case "set-limits":
+                reply(connection, ControlReply.ok(fields: try setLimits(request), tag: tag))
             case "subscribe":
                 connection.subscribed = true
                 reply(connection, ControlReply.ok(tag: tag))
@@ -91,6 +93,9 @@ extension Daemon {
             "held": .integer(engine.held),
             "attached": .bool(engine.isAttached),
             "front": engine.isAttached ? .string(engine.front.name) : .null,
+            "limits": .object(Self.limitsObject(engine.throttle.limits)),
+            "throttled": .bool(engine.isThrottled),
+            "limits-effective-us": limitsEffectiveMicroseconds.map { .uint($0) } ?? .null,
             "image-space": .object(space),
             "uptime-seconds": .double((uptimeSeconds * 1000).rounded() / 1000),
         ]
@@ -117,6 +122,8 @@ extension Daemon {
             paused.set(reason.rawValue, .double(Double(ns / 1000) / 1e6))
         }
         counters.set("paused-seconds", .object(paused))
+        counters.set("throttled-seconds", .double(Double(engine.throttle.throttledNanos(now: now) / 1000) / 1e6))
+        counters.set("throttle-delayed-requests", .uint(engine.throttle.delayedRequests))
         return counters
     }
 

@@ -171,6 +171,7 @@ package final class Daemon: DiskLoopHost {
             vhostSocket?.removeIfStillOurs()
             throw StartError(description: "epoll: \(error)")
         }
+        engine.setLimits(config.limits)
         receiveBuffer = .allocate(byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
         engine.onEvent = { [unowned self] event in self.engineEvent(event) }
     }
