@@ -37,10 +37,12 @@ import Testing
 
     /// The same stream under QoS limits (issue 17 §2): requests held back by a limit are still
     /// answered exactly once, in the same way, and the limit did hold some back.
+    /// No burst: the iops bucket then holds a tenth of a second (40 requests), so any 40 answered
+    /// within 0.1 s meet the limit, however slow the host. (A 3,000-request burst with 1,500/s
+    /// held nothing back in a loaded whole-suite run: 2,500 requests never filled it.) Bursts are
+    /// checked with an injected clock in `ThrottleTests`.
     @Test func randomStreamUnderALimit() throws {
-        try run(
-            seed: 25, policy: "pause", pollUs: "0",
-            limit: "iops-total=1500,iops-total-max=3000,iops-total-max-length=1,bps-total=24M")
+        try run(seed: 25, policy: "pause", pollUs: "0", limit: "iops-total=400,bps-total=24M")
     }
 
     /// One `scripts/soak.sh` iteration: the seed picks the policy and the polling too.
