@@ -56,6 +56,29 @@ import Testing
         #expect(grown?["new-sectors"]?.uint64Value == (32 << 20) / 512)
     }
 
+    /// No inotify instance left (a user namespace whose `max_inotify_instances` is 0, as on a
+    /// host with more file-backed daemons than `fs.inotify.max_user_instances`): the daemon says
+    /// so and polls the size every 500 ms, so a resize is still seen within a second.
+    @Test(.enabled(if: getuid() == 0 && Shell.which("unshare") != nil))
+    func withoutInotifyTheSizeIsPolled() throws {
+        let image = try DaemonTest.image(bytes: 16 << 20)
+        defer { unlink(image) }
+        let launcher = [
+            "unshare", "--user", "--map-root-user", "sh", "-c",
+            "echo 0 > /proc/sys/user/max_inotify_instances && exec \"$0\" \"$@\"",
+        ]
+        let daemon = try DaemonProcess(image: image, launcher: launcher)
+        defer { daemon.forceStop() }
+        #expect(daemon.log.contains("the image's size is polled every 500 ms"), "\(daemon.log)")
+        let watcher = try daemon.client()
+        try watcher.call("subscribe")
+        let n = DaemonTest.wakeups(pid: daemon.process.processIdentifier, seconds: Self.window)
+        #expect(n >= 4 && n <= 9, "\(n) wake-ups in \(Self.window) s while polling")
+        #expect(truncate(image, 24 << 20) == 0)
+        let event = try DaemonTest.nextEvent(watcher, named: "image-resized", seconds: 1)
+        #expect(event?["new-sectors"]?.uint64Value == (24 << 20) / 512, "no image-resized within 1 s")
+    }
+
     /// `--low-space-threshold` keeps one sample a second (free space falls when anyone on the
     /// filesystem writes, which the daemon cannot see): about 3 wake-ups in 3 s, not 6.
     @Test func lowSpaceThresholdSamplesOnceASecond() throws {
