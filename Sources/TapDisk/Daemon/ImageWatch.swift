@@ -6,9 +6,10 @@ import Glibc
 ///
 /// - A file: inotify on the open inode, `IN_MODIFY | IN_ATTRIB`. `truncate`, `ftruncate`,
 ///   `fallocate` and `qemu-img resize` by any process raise `IN_MODIFY`; the daemon's own
-///   `O_DIRECT` AIO writes raise nothing (measured: docs/performance.md, "Idle wake-ups without a fixed timer"), but
-///   its DISCARDs (`fallocate` hole punching) and another process's writes do, so the daemon
-///   takes the fd out of epoll for a quiet window after each event (`Daemon.imageWatchFired`).
+///   `O_DIRECT` AIO writes raise nothing (measured: docs/performance.md, "Idle wake-ups without
+///   a fixed timer"), but its DISCARDs (`fallocate` hole punching) and another process's
+///   writes do, so the daemon takes the fd out of epoll for a quiet window after each event
+///   (`Daemon.imageWatchFired`).
 /// - A block device: its node gets no inotify event when it is resized (`losetup -c`, an LV
 ///   extended), but the kernel sends a `change` uevent for the disk, so a
 ///   `NETLINK_KOBJECT_UEVENT` socket watches for block `change` events on the host.
