@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -82,4 +83,15 @@ int clibaio_uevent_drain(int fd) {
             }
         }
     }
+}
+
+int clibaio_in_initial_user_namespace(void) {
+    // The initial namespace maps every uid to itself: one line "0 0 4294967295".
+    FILE *f = fopen("/proc/self/uid_map", "re");
+    if (!f) return 1;  // no user namespaces configured: the initial one
+    unsigned long inside = 1, outside = 1, count = 0;
+    int fields = fscanf(f, "%lu %lu %lu", &inside, &outside, &count);
+    int more = fgetc(f) != EOF && fgetc(f) != EOF;  // a second line means a partial mapping
+    fclose(f);
+    return fields == 3 && inside == 0 && outside == 0 && count == 4294967295UL && !more;
 }

@@ -219,6 +219,8 @@ int clibaio_uevent_socket(void);
 /// Reads every queued uevent: 1 when one was a block device `change` (a resize raises one) or
 /// some were lost (ENOBUFS), 0 when none was, or -errno.
 int clibaio_uevent_drain(int fd);
+/// 1 when the process is in the initial user namespace (where kernel uevents arrive), else 0.
+int clibaio_in_initial_user_namespace(void);
 /// Blocks the given signals for the process and returns a signalfd for them.
 int clibaio_signalfd(const int *signals, int count);
 /// Reads one signal number from a signalfd: the signal, or -errno.

@@ -15,8 +15,9 @@ import Glibc
 ///   `NETLINK_KOBJECT_UEVENT` socket watches for block `change` events on the host.
 ///
 /// When neither can be set up (inotify instances are limited per user by
-/// `fs.inotify.max_user_instances`, 128 by default), the daemon polls the size every 500 ms as
-/// before and says so at start-up.
+/// `fs.inotify.max_user_instances`, 128 by default; a block device in a user namespace other
+/// than the initial one would get no uevents), the daemon polls the size every 500 ms as before
+/// and says so at start-up.
 final class ImageWatch {
     let fd: FileDescriptor
     let isBlockDevice: Bool
@@ -24,6 +25,9 @@ final class ImageWatch {
     /// Sets up the watch for `image`; throws the errno of the failed step.
     init(image: borrowing Image) throws(Errno) {
         isBlockDevice = image.geometry.isBlockDevice
+        // Since Linux 4.18 kernel uevents reach only network namespaces owned by the initial
+        // user namespace; in a user-namespaced container the socket would open and stay silent.
+        if isBlockDevice && clibaio_in_initial_user_namespace() == 0 { throw Errno(rawValue: EPERM) }
         let raw = isBlockDevice ? clibaio_uevent_socket() : clibaio_inotify_image(image.fd.rawValue)
         fd = FileDescriptor(adopting: try Errno.check(raw))
     }
@@ -39,6 +43,9 @@ final class ImageWatch {
         if !isBlockDevice && (error.rawValue == EMFILE || error.rawValue == ENOSPC) {
             return
                 "inotify: \(error) (fs.inotify.max_user_instances or max_user_watches is used up; raise it with sysctl)"
+        }
+        if isBlockDevice && error.rawValue == EPERM {
+            return "not in the initial user namespace, where kernel uevents for a resized device arrive"
         }
         return "\(isBlockDevice ? "uevent socket" : "inotify"): \(error)"
     }

@@ -79,6 +79,26 @@ import Testing
         #expect(event?["new-sectors"]?.uint64Value == (24 << 20) / 512, "no image-resized within 1 s")
     }
 
+    /// A block device served from a user namespace other than the initial one: kernel uevents
+    /// would not arrive there, so the daemon polls its size instead, and a resize is still seen.
+    @Test(.enabled(if: getuid() == 0 && Shell.which("unshare") != nil))
+    func blockDeviceInAUserNamespaceIsPolled() throws {
+        let backing = try DaemonTest.image(bytes: 8 << 20)
+        defer { unlink(backing) }
+        let device = try Shell.check(["losetup", "--find", "--show", backing]).trimmingCharacters(
+            in: .whitespacesAndNewlines)
+        defer { _ = try? Shell.run(["losetup", "-d", device]) }
+        let daemon = try DaemonProcess(image: device, launcher: ["unshare", "--user", "--map-root-user"])
+        defer { daemon.forceStop() }
+        #expect(daemon.log.contains("not in the initial user namespace"), "\(daemon.log)")
+        let watcher = try daemon.client()
+        try watcher.call("subscribe")
+        #expect(truncate(backing, 16 << 20) == 0)
+        try Shell.check(["losetup", "-c", device])
+        let event = try DaemonTest.nextEvent(watcher, named: "image-resized", seconds: 1)
+        #expect(event?["new-sectors"]?.uint64Value == 32768, "no image-resized within 1 s")
+    }
+
     /// `--low-space-threshold` keeps one sample a second (free space falls when anyone on the
     /// filesystem writes, which the daemon cannot see): about 3 wake-ups in 3 s, not 6.
     @Test func lowSpaceThresholdSamplesOnceASecond() throws {
