@@ -97,3 +97,27 @@ extension DaemonTest {
         return (cpuSeconds(pid: pid) - before) / elapsed
     }
 }
+
+extension DaemonTest {
+    /// Context switches (voluntary + nonvoluntary) summed over every thread of `pid`: each time
+    /// a sleeping daemon wakes counts one (`/proc/PID/status` alone covers only the main thread).
+    static func contextSwitches(pid: Int32) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        var total = 0
+        for task in tasks {
+            let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n")
+            where line.hasPrefix("voluntary_ctxt_switches:") || line.hasPrefix("nonvoluntary_ctxt_switches:") {
+                total += Int(line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+        }
+        return total
+    }
+
+    /// The daemon's wake-ups over a `seconds` window (the sleep is the measuring window).
+    static func wakeups(pid: Int32, seconds: Double) -> Int {
+        let before = contextSwitches(pid: pid)
+        usleep(UInt32(seconds * 1e6))
+        return contextSwitches(pid: pid) - before
+    }
+}
