@@ -18,7 +18,9 @@ struct ServeCommand: ParsableCommand {
 
     @Option(
         name: .customLong("vhost-user-blk"),
-        help: "Serve the disk to a vhost-user-blk front-end (QEMU) on this AF_UNIX stream socket.")
+        help:
+            "Serve the disk to a vhost-user-blk front-end (QEMU) on this AF_UNIX stream socket (under socket activation, on the passed stream socket instead)."
+    )
     var vhostUserBlk: String? = nil
 
     @Option(
@@ -79,6 +81,13 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("cpu"), help: "Pin the daemon to these CPUs: a list such as 0 or 0,2-3.")
     var cpu: String?
 
+    @Option(
+        name: .customLong("limit"),
+        help: ArgumentHelp(
+            "QoS limits, QEMU's names: iops-total=N,iops-read=N,iops-write=N,bps-total=N,bps-read=N,bps-write=N, bursts KEY-max=N,KEY-max-length=SECONDS (bytes may end in K/M/G/T).",
+            valueName: "LIMITS"))
+    var limit: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -114,6 +123,9 @@ struct ServeCommand: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: unknown level \(logLevel)")
         }
+        if let limit {
+            do { _ = try ThrottleLimits.parse(limit) } catch { throw ValidationError("--limit: \(error.message)") }
+        }
         if let lowSpaceThreshold {
             do { _ = try LowSpaceThreshold.parse(lowSpaceThreshold) } catch {
                 throw ValidationError("--low-space-threshold: \(error.message)")
@@ -141,6 +153,7 @@ struct ServeCommand: ParsableCommand {
         config.maxControlConnections = maxControlConnections
         config.pollMicroseconds = UInt64(pollMicroseconds)
         config.cpus = cpu.flatMap(CPUList.parse)
+        config.limits = try limit.map { try ThrottleLimits.parse($0) } ?? ThrottleLimits()
         config.lowSpaceThreshold = try lowSpaceThreshold.map { try LowSpaceThreshold.parse($0) }
         let daemon: Daemon
         do {

@@ -159,6 +159,13 @@ extension Daemon {
         }
     }
 
+    /// The earliest NBD deadline (a handshake's, or a stalled reader's), for the one-shot timer.
+    func nbdDeadlineNanos() -> UInt64? {
+        var next = nbd?.nextStallDeadlineNanos ?? UInt64.max
+        for client in nbdHandshakes.values { next = min(next, client.deadline &+ 1) }
+        return next == .max ? nil : next
+    }
+
     /// After each wakeup: closes the sockets of clients that are gone (their requests have all
     /// been answered or dropped), and detaches the NBD front when the last one left.
     func settleNBD() {
@@ -245,17 +252,12 @@ extension Daemon {
     /// The NBD listener (from `--nbd`, or the activated fd named `nbd`) and the transmission
     /// phase's storage, or neither when NBD is not served.
     /// The listener is returned as a raw fd: it lives as long as the process.
-    static func openNBD(config: DaemonConfiguration, engine: Engine) throws(StartError) -> (
+    static func openNBD(config: DaemonConfiguration, engine: Engine, activated: Int32?) throws(StartError) -> (
         listener: Int32, transmission: NBDTransmission?
     ) {
-        let activated = NBDListenAddress.activated(environment: SystemdNotifier.processEnvironment)
-        if activated != nil {
-            // The fd is ours now: children must not believe it theirs.
-            unsetenv("LISTEN_PID")
-            unsetenv("LISTEN_FDS")
-            unsetenv("LISTEN_FDNAMES")
+        guard let address = activated.map({ NBDListenAddress.activated(fd: $0) }) ?? config.nbdAddress else {
+            return (-1, nil)
         }
-        guard let address = activated ?? config.nbdAddress else { return (-1, nil) }
         let g = engine.geometry
         let name = config.nbdExportName ?? String(config.imagePath.split(separator: "/").last ?? "")
         let export = NBDExport(

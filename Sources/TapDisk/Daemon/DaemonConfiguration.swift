@@ -27,6 +27,8 @@ package struct DaemonConfiguration: Sendable {
     package var pollMicroseconds: UInt64 = DaemonConfiguration.defaultPollMicroseconds
     /// CPUs the daemon's thread may run on (`--cpu`); nil = wherever the scheduler likes.
     package var cpus: [Int]? = nil
+    /// `--limit`: the disk's QoS limits at start (`set-limits` changes them later).
+    package var limits = ThrottleLimits()
 
     /// Off by default: on this project's machine polling won some cases and lost others by more
     /// (docs/performance.md), so it is opt-in.

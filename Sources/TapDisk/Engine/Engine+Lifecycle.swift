@@ -111,6 +111,21 @@ extension Engine {
         if now > baseline &+ heldWriteBytes() { _ = resume(failHeld: false) }
     }
 
+    /// When `tick` must run next (CLOCK_MONOTONIC ns), or nil when it has nothing to do: the
+    /// daemon arms its timer only for this, so a disk not in a pause that `tick` can end sleeps.
+    /// A `nospace` pause of a file image samples free space every `interval` after
+    /// `lastTickNanos` (nothing notifies of space someone else freed); the timeout is a deadline.
+    package func nextTickNanos(after lastTickNanos: UInt64, interval: UInt64) -> UInt64? {
+        guard case .paused(let reason) = state, reason != .operatorRequest, !operatorHold else { return nil }
+        var next = UInt64.max
+        let timeout = policy.pauseTimeoutSeconds
+        if timeout > 0, timeout <= (UInt64.max - pauseStartedNanos) / 1_000_000_000 {
+            next = pauseStartedNanos + timeout * 1_000_000_000
+        }
+        if reason == .nospace && !image.geometry.isBlockDevice { next = min(next, lastTickNanos &+ interval) }
+        return next == .max ? nil : next
+    }
+
     /// Lowers the auto-resume baseline to `freeBytes` if that is lower; returns the baseline.
     @discardableResult
     func lowerPauseBaseline(to freeBytes: UInt64) -> UInt64 {

@@ -84,6 +84,12 @@ package final class Engine {
     var pauseFreeBytes: UInt64? = nil
     /// An operator `pause` arrived during a `nospace`/`io-error` pause: only `resume` ends it.
     var operatorHold = false
+    /// The QoS limits and their buckets (Engine+Throttle.swift), checked in `canConsume`.
+    @exclusivity(unchecked) package internal(set) var throttle = Throttle()
+    /// Wakes the loop when a limit lets consumption go on; armed only while one holds it back.
+    let throttleTimer: FileDescriptor
+    /// What `throttleTimer` is armed for (0: disarmed).
+    @exclusivity(unchecked) var throttleDeadline: UInt64 = 0
 
     package init(image: consuming Image, policy: FailurePolicy = FailurePolicy(), maxRingPageOrder: Int = 4)
         throws(Errno)
@@ -94,6 +100,7 @@ package final class Engine {
         let most = Int(RingLayout.entries(pageOrder: maxRingPageOrder))
         submittedAt = .allocate(capacity: most)
         submittedAt.initialize(repeating: 0, count: most)
+        throttleTimer = FileDescriptor(adopting: try Errno.check(clibaio_qos_timer_create()))
         geometry = image.geometry
         self.image = image
         self.policy = policy
@@ -192,7 +199,11 @@ package final class Engine {
         return true
     }
 
-    var canConsume: Bool { state == .running && barrierIndex == nil && !frontStopped }
+    /// The one consumption gate of every front. Its last term is the QoS check
+    /// (Engine+Throttle.swift): false while a limit holds the next request back.
+    var canConsume: Bool {
+        state == .running && barrierIndex == nil && !frontStopped && (!throttle.isEnabled || admitUnderLimits())
+    }
 
     // MARK: - The front: four of the five switches on which one it is (EngineFront.swift)
 
@@ -276,6 +287,7 @@ package final class Engine {
         r.phase = .queued
         nextSequence &+= 1
         table.records[index] = r
+        if throttle.isEnabled { chargeLimits(r) }
         if r.operation == .barrier {
             table.records[index].phase = .waitingForBarrier
             barrierIndex = index

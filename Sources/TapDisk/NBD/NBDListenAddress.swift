@@ -64,7 +64,8 @@ package enum NBDListenAddress: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The activated NBD listener, if systemd passed a listening stream socket named `nbd`.
+    /// The activated NBD listener in `environment`, if systemd passed a listening stream socket
+    /// named `nbd` (the check alone; the daemon takes it through `SystemdNotifier.listenedSockets`).
     package static func activated(environment: SystemdNotifier.Environment) -> NBDListenAddress? {
         guard let fds = SystemdListenFDs(environment: environment), let fd = fds.fd(named: activationName),
             clibaio_is_stream_listener(fd) == 1

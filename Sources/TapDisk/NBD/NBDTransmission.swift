@@ -241,6 +241,19 @@ package final class NBDTransmission {
         return n
     }
 
+    /// When the first client whose replies are queued would count as stalled (nil: none queued),
+    /// so the daemon's timer runs only while a client owes it reading.
+    package var nextStallDeadlineNanos: UInt64? {
+        var next = UInt64.max
+        for i in 0..<connectionCapacity {
+            let c = connections + i
+            if c.pointee.inUse && !c.pointee.dead && c.pointee.queueHead >= 0 {
+                next = min(next, c.pointee.lastOutputProgress &+ Self.stallNanos &+ 1)
+            }
+        }
+        return next == .max ? nil : next
+    }
+
     /// For `ctl status`: one entry per connected client (the control path: this allocates).
     package func clients(now: UInt64) -> [(
         peer: String, requests: UInt64, inFlight: Int, structured: Bool, seconds: UInt64
