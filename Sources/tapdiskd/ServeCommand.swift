@@ -23,6 +23,24 @@ struct ServeCommand: ParsableCommand {
     )
     var vhostUserBlk: String? = nil
 
+    @Option(
+        name: .customLong("nbd"),
+        help: "Serve the disk to NBD clients on unix:PATH or tcp:HOST:PORT (docs/nbd.md).")
+    var nbd: String? = nil
+
+    @Option(
+        name: .customLong("nbd-export-name"),
+        help: "The NBD export's name (default: the image file's name); the empty name selects it too.")
+    var nbdExportName: String? = nil
+
+    @Option(name: .customLong("nbd-max-connections"), help: "NBD clients at once, handshakes included (8...256).")
+    var nbdMaxConnections: Int = 16
+
+    @Option(
+        name: .customLong("nbd-handshake-timeout"),
+        help: "Seconds an NBD client has to finish its handshake (1...3600).")
+    var nbdHandshakeTimeout: UInt64 = 10
+
     @Flag(help: "Serve the disk read-only.")
     var readonly = false
 
@@ -85,6 +103,20 @@ struct ServeCommand: ParsableCommand {
         guard (0...10_000).contains(pollMicroseconds) else {
             throw ValidationError("invalid value \(pollMicroseconds) for --poll-us: must be 0...10000")
         }
+        if let nbd {
+            do { _ = try NBDListenAddress(parsing: nbd) } catch { throw ValidationError(error.description) }
+        }
+        guard (8...256).contains(nbdMaxConnections) else {
+            throw ValidationError("invalid value \(nbdMaxConnections) for --nbd-max-connections: must be 8...256")
+        }
+        guard (1...3600).contains(nbdHandshakeTimeout) else {
+            throw ValidationError("invalid value \(nbdHandshakeTimeout) for --nbd-handshake-timeout: must be 1...3600")
+        }
+        if let nbdExportName,
+            nbdExportName.utf8.count > NBDHandshake.maximumStringLength || nbdExportName.utf8.contains(0)
+        {
+            throw ValidationError("--nbd-export-name: at most 4096 bytes and no NUL")
+        }
         if let cpu, CPUList.parse(cpu) == nil {
             throw ValidationError("invalid value \(cpu) for --cpu: expected CPU numbers such as 0 or 0,2-3")
         }
@@ -111,6 +143,10 @@ struct ServeCommand: ParsableCommand {
         var config = DaemonConfiguration(imagePath: image, socketPath: socket)
         config.readOnly = readonly
         config.vhostUserSocketPath = vhostUserBlk
+        config.nbdAddress = try nbd.map { try NBDListenAddress(parsing: $0) }
+        config.nbdExportName = nbdExportName
+        config.nbdMaxConnections = nbdMaxConnections
+        config.nbdHandshakeTimeoutSeconds = nbdHandshakeTimeout
         config.cache = cache
         config.policy = FailurePolicy(onNospace: onNospace, onError: onError, pauseTimeoutSeconds: pauseTimeout)
         config.maxRingPageOrder = maxRingPageOrder

@@ -273,5 +273,7 @@ int clibaio_qos_timer_disarm(int fd);
 
 // The vhost-user-blk front (its own header; SwiftPM uses this file as the umbrella).
 #include "CLibAIOVhost.h"
+// The NBD front's sockets (its own header too).
+#include "CLibAIONBD.h"
 
 #endif

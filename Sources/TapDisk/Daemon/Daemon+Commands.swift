@@ -69,6 +69,7 @@ extension Daemon {
                 "indirect-segments": .integer(RingLayout.maxIndirectSegments),
             ]),
             "max-ring-page-order": .integer(config.maxRingPageOrder),
+            "nbd": nbdInfo(),
             "state": .string(engine.state.name),
         ]
     }
@@ -97,6 +98,7 @@ extension Daemon {
             "throttled": .bool(engine.isThrottled),
             "limits-effective-us": limitsEffectiveMicroseconds.map { .uint($0) } ?? .null,
             "image-space": .object(space),
+            "nbd": nbdStatus(),
             "uptime-seconds": .double((uptimeSeconds * 1000).rounded() / 1000),
         ]
     }

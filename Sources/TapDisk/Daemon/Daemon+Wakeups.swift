@@ -15,6 +15,8 @@ import Glibc
 ///   daemon cannot see (fanotify would need CAP_SYS_ADMIN and wake it for every tenant's
 ///   writes), so free space is sampled every 990 ms while a threshold is set (§5.4
 ///   `low-space`, "checked at least once a second"); without one, never;
+/// - NBD: a handshake's deadline, and a client whose queued replies have not moved (the stall
+///   bound), only while there is one (Daemon+NBD.swift);
 /// - the image watch's quiet window, the listener's EMFILE back-off and lingering refusals,
 ///   systemd's watchdog, and a status line whose counters moved (at most every 5 s).
 extension Daemon {
@@ -36,6 +38,7 @@ extension Daemon {
         if config.lowSpaceThreshold != nil { next = min(next, lastPeriodicNanos &+ Self.lowSpaceIntervalNanos) }
         if let ping = watchdogPingNanos { next = min(next, lastWatchdogNanos &+ ping) }
         if notifiesSystemd && statusIsStale { next = min(next, lastStatusNanos &+ Self.statusIntervalNanos) }
+        if let nbdDue = nbdDeadlineNanos() { next = min(next, nbdDue) }
         return next == .max ? nil : next
     }
 
@@ -54,6 +57,7 @@ extension Daemon {
         let now = MonotonicClock.nanoseconds()
         lastPeriodicNanos = now
         engine.tick(nowNanos: now)
+        nbdPeriodic(now: now)
         if let until = imageWatchQuietUntilNanos, now >= until, let imageWatch {
             if imageWatch.drain() {
                 // Still changing: check, and stay out of epoll for another window.

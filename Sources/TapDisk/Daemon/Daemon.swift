@@ -23,6 +23,7 @@ package final class Daemon: DiskLoopHost {
         static let vhostListener: UInt64 = DiskLoop.Token.firstHostToken + 3
         static let vhostConnection: UInt64 = DiskLoop.Token.firstHostToken + 4
         static let imageWatch: UInt64 = DiskLoop.Token.firstHostToken + 5
+        static let nbdListener: UInt64 = DiskLoop.Token.firstHostToken + 6
         static let firstConnection: UInt64 = 100
     }
 
@@ -56,6 +57,13 @@ package final class Daemon: DiskLoopHost {
     private let vhostSocket: SocketFile?
     var vhostConnection: FileDescriptor? = nil
     var parkedVhostMessage: VhostUserMessage? = nil
+    /// `--nbd` (or an activated listener named `nbd`): the listener, the transmission phase
+    /// (allocated once: it outlives NBD attaches), and the clients still in their handshake
+    /// (Daemon+NBD.swift).
+    let nbdListenerFD: Int32
+    let nbd: NBDTransmission?
+    var nbdHandshakes: [Int32: NBDHandshakeClient] = [:]
+    var nbdConnectionOfFD: [Int32: Int] = [:]
     private var rateLimiter = IOErrorRateLimiter()
     var lowSpaceArmed = true
     /// inotify (a file) or uevents (a block device) for size changes; nil: the size is polled.
@@ -193,7 +201,17 @@ package final class Daemon: DiskLoopHost {
             vhostListenerFD = -1
             vhostSocket = nil
         }
+        do throws(StartError) {
+            let opened = try Self.openNBD(config: config, engine: engine, activated: listened?.nbd)
+            nbd = opened.transmission
+            nbdListenerFD = opened.listener
+        } catch {
+            ownedSocket?.removeIfStillOurs()
+            vhostSocket?.removeIfStillOurs()
+            throw error
+        }
         do {
+            if nbdListenerFD >= 0 { try loop.add(nbdListenerFD, token: Token.nbdListener) }
             try loop.add(listener.rawValue, token: Token.listener)
             try loop.add(timer.rawValue, token: Token.timer)
             try loop.add(signals.rawValue, token: Token.signals)
@@ -233,6 +251,7 @@ package final class Daemon: DiskLoopHost {
                 "image": "\(config.imagePath)", "socket": "\(ownedSocketPath ?? "(socket activation)")",
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
                 "vhost-user-blk": "\(vhostListenerFD < 0 ? "none" : vhostSocket?.path ?? "(socket activation)")",
+                "nbd": "\(nbd == nil ? "none" : config.nbdAddress?.description ?? "activated")",
             ])
         armTimer()
         while !(terminating && !engine.isAttached) {
@@ -256,6 +275,8 @@ package final class Daemon: DiskLoopHost {
         case Token.vhostListener: acceptVhostUser()
         case Token.vhostConnection: readVhostUser()
         case Token.imageWatch: imageWatchFired()
+        case Token.nbdListener: acceptNBD()
+        case let token where token & Self.nbdSocketTokenBit != 0: dispatchNBD(ready)
         case Token.timer:
             var expirations: UInt64 = 0
             _ = read(timer.rawValue, &expirations, 8)
@@ -290,6 +311,7 @@ package final class Daemon: DiskLoopHost {
     package func finishWakeup() -> Bool {
         for _ in 0..<8 where answerOwedReplies() {}
         if vhostListenerFD >= 0 { settleVhostUser() }
+        settleNBD()
         for (token, connection) in connections where connection.isClosed {
             closeConnection(token)
         }
@@ -303,6 +325,8 @@ package final class Daemon: DiskLoopHost {
             terminating = true
             _ = try? notifier.stopping()
         }
+        if nbdListenerFD >= 0 { loop.remove(nbdListenerFD) }
+        terminateNBD()
         if engine.isAttached && engine.state != .closing { engine.beginDetach() }
     }
 

@@ -30,6 +30,7 @@ extension Engine {
             switch front {
             case .blkif: detachRing()
             case .virtio: detachVirtqueue()
+            case .nbd: detachNBD()
             case .none: 0
             }
         table = RequestTable(capacity: 0)

@@ -44,6 +44,8 @@ package final class Engine {
     @exclusivity(unchecked) var blkif = BlkifFront()
     /// The vhost-user-blk front's state (Virtio/VirtioFront.swift).
     @exclusivity(unchecked) var virtio = VirtioFront()
+    /// The NBD front's state (NBD/NBDFront.swift); empty unless `front == .nbd`.
+    @exclusivity(unchecked) var nbd = NBDFront()
     /// Bytes moved through the bounce buffer in this `service()`; past `bounceBytesPerService`
     /// the loop gets its turn (bounced I/O is synchronous: control, signals and vhost-user
     /// messages must not wait behind a guest that sends nothing but misaligned buffers).
@@ -209,6 +211,7 @@ package final class Engine {
         switch front {
         case .blkif: consumeRing()
         case .virtio: consumeVirtqueue()
+        case .nbd: consumeNBD()
         case .none: break
         }
     }
@@ -220,6 +223,7 @@ package final class Engine {
         switch front {
         case .blkif: ringHasRequests(arm: arm)
         case .virtio: virtqueueHasRequests(arm: arm)
+        case .nbd: nbdHasRequests
         case .none: false
         }
     }
@@ -228,6 +232,7 @@ package final class Engine {
         switch front {
         case .blkif: pushRing()
         case .virtio: notifyVirtqueue()
+        case .nbd: pushNBD()
         case .none: break
         }
     }
@@ -362,6 +367,7 @@ package final class Engine {
         switch front {
         case .blkif: answerRing(record.pointee, completion)
         case .virtio: answerChain(record.pointee, completion)
+        case .nbd: answerNBD(record.pointee, completion)
         case .none: preconditionFailure("a record outlived its front")
         }
         table.release(index)

@@ -34,12 +34,15 @@ package enum EngineFront: UInt8, Sendable {
     case blkif
     /// A vhost-user-blk virtqueue (docs/vhost-user.md), set up over the vhost-user socket.
     case virtio
+    /// NBD clients (docs/nbd.md), connected to the `--nbd` socket.
+    case nbd
 
     package var name: String {
         switch self {
         case .none: "none"
         case .blkif: "blkif"
         case .virtio: "vhost-user-blk"
+        case .nbd: "nbd"
         }
     }
 }

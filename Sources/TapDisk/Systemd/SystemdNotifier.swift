@@ -60,14 +60,17 @@ package struct SystemdNotifier: Sendable {
     }
 
     /// The listening sockets systemd passed by socket activation, told apart by type: the
-    /// control socket is `SOCK_SEQPACKET`, the vhost-user socket `SOCK_STREAM`.
+    /// control socket is `SOCK_SEQPACKET`, the vhost-user socket `SOCK_STREAM`; a stream socket
+    /// named `nbd` (`FileDescriptorName=nbd`, tapdiskd-nbd@.socket) is the NBD listener instead.
     package struct ActivatedSockets: Equatable, Sendable {
         package var control: Int32? = nil
         package var vhostUser: Int32? = nil
+        package var nbd: Int32? = nil
 
-        package init(control: Int32? = nil, vhostUser: Int32? = nil) {
+        package init(control: Int32? = nil, vhostUser: Int32? = nil, nbd: Int32? = nil) {
             self.control = control
             self.vhostUser = vhostUser
+            self.nbd = nbd
         }
     }
 
@@ -87,7 +90,7 @@ package struct SystemdNotifier: Sendable {
         unsetenv("LISTEN_FDS")
         unsetenv("LISTEN_FDNAMES")
         // systemd hands the fds over without FD_CLOEXEC; nothing we exec should inherit them.
-        for fd in [sockets.control, sockets.vhostUser].compactMap({ $0 }) {
+        for fd in [sockets.control, sockets.vhostUser, sockets.nbd].compactMap({ $0 }) {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         }
         return sockets
@@ -97,10 +100,18 @@ package struct SystemdNotifier: Sendable {
     /// production, `SD_LISTEN_FDS_START`) and a given environment.
     package static func activatedSockets(firstFD: Int32, environment: Environment) -> ActivatedSockets? {
         guard let pidText = environment("LISTEN_PID"), let pid = Int32(pidText), pid == getpid(),
-            let countText = environment("LISTEN_FDS"), let count = Int32(countText), (1...2).contains(count)
+            let countText = environment("LISTEN_FDS"), let count = Int32(countText), (1...3).contains(count)
         else { return nil }
         var sockets = ActivatedSockets()
+        let names = environment("LISTEN_FDNAMES")?.split(separator: ":", omittingEmptySubsequences: false) ?? []
         for fd in firstFD..<(firstFD + count) {
+            let index = Int(fd - firstFD)
+            if index < names.count, names[index] == NBDListenAddress.activationName[...], sockets.nbd == nil,
+                clibaio_is_stream_listener(fd) == 1
+            {
+                sockets.nbd = fd
+                continue
+            }
             switch clibaio_unix_listener_type(fd) {
             case Int32(SOCK_SEQPACKET.rawValue) where sockets.control == nil: sockets.control = fd
             case Int32(SOCK_STREAM.rawValue) where sockets.vhostUser == nil: sockets.vhostUser = fd

@@ -121,8 +121,9 @@ import Testing
             defer { for i in fds.indices { close(base + Int32(i)) } }
             return SystemdNotifier.activatedSockets(firstFD: base, environment: { env[$0] }).map {
                 Sockets(
-                    control: $0.control.map { fds[Int($0 - base)] }, vhostUser: $0.vhostUser.map { fds[Int($0 - base)] }
-                )
+                    control: $0.control.map { fds[Int($0 - base)] },
+                    vhostUser: $0.vhostUser.map { fds[Int($0 - base)] },
+                    nbd: $0.nbd.map { fds[Int($0 - base)] })
             }
         }
         let one = ["LISTEN_PID": pid, "LISTEN_FDS": "1"]
@@ -141,6 +142,14 @@ import Testing
         #expect(try check([dgram], one) == nil)  // wrong socket type
         #expect(try check([seqpacket, dgram], two) == nil)
         #expect(SystemdNotifier.activatedSockets(firstFD: 999, environment: { one[$0] }) == nil)  // not open
+        // A stream socket named `nbd` (tapdiskd-nbd@.socket) is the NBD listener, not vhost-user's.
+        #expect(try check([stream], one.merging(["LISTEN_FDNAMES": "nbd"]) { $1 }) == Sockets(nbd: stream))
+        let three = ["LISTEN_PID": pid, "LISTEN_FDS": "3", "LISTEN_FDNAMES": "control:vhost:nbd"]
+        #expect(
+            try check([seqpacket, stream, stream], three) == Sockets(control: seqpacket, vhostUser: stream, nbd: stream)
+        )
+        // The name does not make a non-listening or non-stream socket one.
+        #expect(try check([seqpacket], one.merging(["LISTEN_FDNAMES": "nbd"]) { $1 }) == Sockets(control: seqpacket))
     }
 
     /// Without activation variables for this process, the real entry point declines and leaves
