@@ -25,7 +25,7 @@ struct NBDGuestTests {
 
     /// `werror=report`: a 256 MiB image on a 24 MiB ext4 with 6 MiB free; the guest writes
     /// fsync'd 1 MiB files until writes fail. The failure reaches the guest as EIO and its kernel
-    /// logs it; QEMU reported a `BLOCK_IO_ERROR` with `nospace: true` and action `report` and
+    /// logs it; QEMU reported `BLOCK_IO_ERROR` (reason ENOSPC's text, action `report`) and
     /// never stopped the VM; every file the guest was told is durable is intact on the host.
     @Test func werrorReportTheGuestGetsEIOAndNoAcknowledgedWriteIsLost() throws {
         let rig = try NBDGuestRig(
@@ -52,9 +52,11 @@ struct NBDGuestTests {
         #expect(!ioErrors.isEmpty, "no I/O error on vda in the guest's kernel log")
         let blockErrors = events.filter { $0["event"] == .string("BLOCK_IO_ERROR") }
         #expect(!blockErrors.isEmpty, "no BLOCK_IO_ERROR: \(events)")
+        // QEMU adds `nospace` only when it stops the VM; under `report` the errno is in `reason`.
         #expect(
             blockErrors.allSatisfy {
-                $0["data"]?["nospace"] == .bool(true) && $0["data"]?["action"] == .string("report")
+                $0["data"]?["reason"] == .string("No space left on device")
+                    && $0["data"]?["action"] == .string("report")
             },
             "\(blockErrors)")
         #expect(!events.contains { $0["event"] == .string("STOP") }, "the VM stopped under werror=report: \(events)")
@@ -72,7 +74,7 @@ struct NBDGuestTests {
         print(
             "nbd guest werror=report [\(rig.server.kind.rawValue)]: host free \(Self.mib(freeAtStart)); guest OK"
                 + " \(ok.count) files, lost \(lost.count); FAIL \(fails.count) (first: \(firstFailure)); guest"
-                + " kernel I/O error lines \(ioErrors.count); BLOCK_IO_ERROR \(blockErrors.count) (nospace, report);"
+                + " kernel I/O error lines \(ioErrors.count); BLOCK_IO_ERROR \(blockErrors.count) (No space left on device, report);"
                 + " guest \(String(format: "%.1f", run.seconds)) s")
     }
 
