@@ -30,13 +30,18 @@ final class NBDServerProcess: @unchecked Sendable {
     let image: String
     let directory: String
     let socketPath: String
+    /// The loopback TCP port when serving over TCP (`tcp:127.0.0.1:PORT`) instead of the socket.
+    let tcpPort: UInt16?
     /// The daemon, when `kind` is `.tapdiskd` (its control socket, log and counters).
     let daemon: DaemonProcess?
     private let process: Process?
     private let logPath: String
 
     /// The export ("" is the default export of both servers) as a libnbd/QEMU URI.
-    var uri: String { "nbd+unix:///?socket=\(socketPath)" }
+    var uri: String {
+        if let tcpPort { return "nbd://127.0.0.1:\(tcpPort)/" }
+        return "nbd+unix:///?socket=\(socketPath)"
+    }
 
     /// The server's stderr and stdout so far, for failure messages.
     var log: String {
@@ -49,14 +54,17 @@ final class NBDServerProcess: @unchecked Sendable {
     /// Starts the server on `image` and returns once it answers an NBD handshake. `arguments`
     /// go to tapdiskd only (e.g. `--on-nospace pause`), `environment` is added to the server's
     /// (e.g. `TAPDISK_FAULTS`). qemu-nbd serves up to 8 connections at once (`--shared=8`), so
-    /// multi-conn clients work against both.
+    /// multi-conn clients work against both. `tcp` serves on a free loopback port instead.
     init(
-        image: String, kind: Kind = underTest, arguments: [String] = [], environment: [String: String] = [:]
+        image: String, kind: Kind = underTest, arguments: [String] = [], environment: [String: String] = [:],
+        tcp: Bool = false
     ) throws {
         self.kind = kind
         self.image = image
         directory = DaemonProcess.makeDirectory()
         socketPath = directory + "/nbd.sock"
+        tcpPort = tcp ? try Self.freeLoopbackPort() : nil
+        let listen = tcpPort.map { ["-b", "127.0.0.1", "-p", "\($0)"] } ?? ["-k", socketPath]
         logPath = directory + "/server.log"
         var merged = ProcessInfo.processInfo.environment
         merged.merge(environment) { $1 }
@@ -68,12 +76,13 @@ final class NBDServerProcess: @unchecked Sendable {
             // uses a handler, not a signalfd) would never see `stop()`'s SIGTERM. A python exec
             // clears the mask; the process id stays qemu-nbd's.
             p.executableURL = URL(fileURLWithPath: NBDClientTools.python)
-            p.arguments = [
-                "-c",
-                "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])",
-                Shell.which("qemu-nbd") ?? "/usr/bin/qemu-nbd", "-t", "-f", "raw", "--cache=none", "--aio=native",
-                "--shared=8", "-k", socketPath, image,
-            ]
+            p.arguments =
+                [
+                    "-c",
+                    "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])",
+                    Shell.which("qemu-nbd") ?? "/usr/bin/qemu-nbd", "-t", "-f", "raw", "--cache=none", "--aio=native",
+                    "--shared=8",
+                ] + listen + [image]
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             p.standardOutput = FileHandle(forWritingAtPath: logPath)
             p.standardError = FileHandle(forWritingAtPath: logPath)
@@ -85,11 +94,15 @@ final class NBDServerProcess: @unchecked Sendable {
             process = nil
             // DaemonProcess owns the directory from here on (and answers on its control socket).
             daemon = try DaemonProcess(
-                image: image, arguments: ["--nbd", "unix:" + socketPath] + arguments, directory: directory,
+                image: image,
+                arguments: ["--nbd", tcpPort.map { "tcp:127.0.0.1:\($0)" } ?? "unix:" + socketPath] + arguments,
+                directory: directory,
                 environment: merged)
         }
         let deadline = MonotonicClock.nanoseconds() + 15_000_000_000
-        while !Self.answersHandshake(socketPath) {
+        while !Self.answersHandshake(connect: { [socketPath, tcpPort] in
+            tcpPort.map(Self.connectLoopback) ?? clibaio_stream_connect(socketPath)
+        }) {
             if let process, !process.isRunning {
                 throw DaemonProcess.Failure("\(kind.rawValue) exited at startup: \(log)")
             }
@@ -106,8 +119,8 @@ final class NBDServerProcess: @unchecked Sendable {
 
     /// Whether a server at `path` sends the fixed-newstyle greeting (`NBDMAGIC` `IHAVEOPT`); the
     /// probe then ends the handshake politely (client flags, `NBD_OPT_ABORT`) and closes.
-    static func answersHandshake(_ path: String) -> Bool {
-        let fd = clibaio_stream_connect(path)
+    static func answersHandshake(connect: () -> Int32) -> Bool {
+        let fd = connect()
         guard fd >= 0 else { return false }
         defer { close(fd) }
         var greeting = [UInt8](repeating: 0, count: 18)
@@ -124,6 +137,49 @@ final class NBDServerProcess: @unchecked Sendable {
         let abort: [UInt8] = [0, 0, 0, 3] + Array("IHAVEOPT".utf8) + [0, 0, 0, 2, 0, 0, 0, 0]
         _ = abort.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         return true
+    }
+
+    /// A stream socket connected to 127.0.0.1:`port`, or -errno.
+    static func connectLoopback(_ port: UInt16) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -errno }
+        var address = Self.loopback(port)
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        if rc != 0 {
+            let e = errno
+            close(fd)
+            return -e
+        }
+        return fd
+    }
+
+    /// A loopback port nobody listens on now (bound to port 0, read back, closed): the server
+    /// binds it next. Another process could take it in between; nothing else here binds ports.
+    static func freeLoopbackPort() throws -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw Errno.current }
+        defer { close(fd) }
+        var address = Self.loopback(0)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 ? getsockname(fd, $0, &length) : -1
+            }
+        }
+        guard rc == 0 else { throw Errno.current }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    private static func loopback(_ port: UInt16) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        return address
     }
 
     /// SIGTERM and wait: the exit status (nil if it did not exit in 30 s).
