@@ -54,6 +54,12 @@ struct NBDModelTests {
         #expect(run.status == 0, "nbd-model.py exit \(run.status): \(run.stderr.suffix(3000))")
         #expect(run.summary["issued"]?.int64Value == 4000 && run.summary["not-completed-once"]?.int64Value == 0)
         #expect(run.summary["failures"]?.int64Value == 0, "\(run.summary)")
+        if let daemon = server.daemon {
+            // Every NBD command the engine took is answered in the counters too, none as an error.
+            let c = try DaemonTest.expectInvariant(try daemon.client())
+            #expect(c["responses-error"] == 0 && c["in-flight"] == 0 && c["held"] == 0, "\(c.values)")
+            #expect(c["read-requests"] > 0 && c["write-requests"] > 0 && c["flush-requests"] > 0, "\(c.values)")
+        }
         #expect(server.stop() == 0, "\(server.log.suffix(2000))")
         print(
             "nbd model [\(server.kind.rawValue)] seed \(seed): \(run.summary["issued"]?.int64Value ?? 0) commands"
@@ -88,7 +94,7 @@ struct NBDModelTests {
         }
         #expect(Set(byErrno.keys).isSubset(of: ["EIO", "ENOSPC"]), "\(counts)")
         #expect((byErrno["EIO"] ?? 0) > 0 && (byErrno["ENOSPC"] ?? 0) > 0, "faults injected but not seen: \(counts)")
-        let c = try DaemonTest.stats(try daemon.client())
+        let c = try DaemonTest.expectInvariant(try daemon.client())
         #expect(c["nospace-errors"] == byErrno["ENOSPC"] ?? 0, "daemon \(c.values), client \(counts)")
         #expect(
             c["responses-error"] == (byErrno["EIO"] ?? 0) + (byErrno["ENOSPC"] ?? 0),
