@@ -68,7 +68,7 @@ import Testing
         #expect(verdict["vm"]?["skipped"]?.stringValue?.contains("qemu-system-x86_64") == true)
         #expect(verdict["nbd-vm"]?["skipped"]?.stringValue?.contains("qemu-system-x86_64") == true)
         // No mount or loop device is left behind.
-        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        let mounts = ProcFile.read("/proc/mounts") ?? ""
         #expect(!mounts.contains("tapdiskd-demo-"))
     }
 
@@ -104,7 +104,7 @@ import Testing
         #expect(nbd["files-acknowledged"] == nbd["files"])
         #expect(nbd["files-reread-matching"] == nbd["files"] && nbd["files-intact"] == nbd["files"])
         #expect(nbd["e2fsck-exit"]?.int64Value == 0 && nbd["daemon-exit"]?.int64Value == 0)
-        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        let mounts = ProcFile.read("/proc/mounts") ?? ""
         #expect(!mounts.contains("tapdiskd-demo-"))
     }
 
