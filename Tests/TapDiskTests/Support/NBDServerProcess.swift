@@ -19,7 +19,7 @@ final class NBDServerProcess: @unchecked Sendable {
     }
 
     /// THE switch: which server the NBD suites test by default.
-    static let underTest: Kind = .qemuNBD
+    static let underTest: Kind = .tapdiskd
 
     /// Whether `kind` can run here; a suite's `.enabled(if:)` uses it with its own tools.
     static func available(_ kind: Kind = underTest) -> Bool {
