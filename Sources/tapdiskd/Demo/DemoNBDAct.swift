@@ -154,6 +154,8 @@ struct DemoNBDAct {
                 try qmp.execute("cont")
                 result.contSent += 1
                 stoppedAt = nil
+                // QEMU's own word that the guest runs again (RESUME is counted too, as it comes).
+                if (try? qmp.status())?.running == true { result.resumed = true }
             }
         }
         Self.parseConsole(Subprocess.readFile(console), into: &result)
