@@ -5,6 +5,10 @@
 #   scripts/guest.sh run SOCK [SCRIPT]     boot QEMU against the vhost-user-blk socket SOCK; the
 #                                          guest runs SCRIPT (default: mkfs + fsync'd write +
 #                                          checksum) and powers off; exit status is the guest's
+#   scripts/guest.sh run-nbd SOCK [SCRIPT] the same with the disk on QEMU's NBD client: an NBD
+#                                          server listens on the unix socket SOCK (export ""),
+#                                          `-blockdev driver=nbd` opens it and the guest sees a
+#                                          virtio-blk-pci disk backed by it
 #
 # Nothing lands in git: the kernel and initramfs are cached in $TAPDISK_GUEST_DIR
 # (default /var/cache/tapdisk-guest). The kernel comes from Debian's linux-image-cloud-amd64
@@ -19,6 +23,11 @@
 #
 # $TAPDISK_GUEST_CHARDEV is appended to the vhost-user -chardev options: ",reconnect=1" makes
 # QEMU (7.2; "reconnect-ms=1000" on 9.2+) reconnect to a back-end that died or restarted.
+#
+# run-nbd only: $TAPDISK_GUEST_WERROR is the virtio-blk device's werror policy (report, the
+# default, hands a failed write to the guest as an I/O error; enospc stops the VM on ENOSPC and
+# reports anything else), and $TAPDISK_GUEST_QMP, when set, is the path of a unix socket where
+# QEMU serves QMP (the caller connects to it to watch BLOCK_IO_ERROR and send `cont`).
 #
 # $TAPDISK_GUEST_FILES (space-separated paths) are copied next to the script into the guest's
 # root, e.g. a static binary the script runs. $TAPDISK_GUEST_DISK replaces the vhost-user-blk
@@ -158,7 +167,16 @@ build() {
 }
 
 run() {
-    local sock=$1 script=${2:-} work initrd log rc start end
+    local mode=$1 sock=$2 script=${3:-} work initrd log rc start end disk qmp
+    if [ "$mode" = nbd ]; then
+        # cache.direct: QEMU reads and writes the server, never its own page cache of it.
+        disk=(-blockdev "driver=nbd,node-name=disk0,server.type=unix,server.path=$sock,export=,cache.direct=on"
+            -device "virtio-blk-pci,drive=disk0,werror=${TAPDISK_GUEST_WERROR:-report},rerror=report")
+    else
+        disk=(-chardev "socket,id=c,path=$sock${TAPDISK_GUEST_CHARDEV:-}" -device vhost-user-blk-pci,chardev=c)
+    fi
+    qmp=()
+    [ -z "${TAPDISK_GUEST_QMP:-}" ] || qmp=(-qmp "unix:$TAPDISK_GUEST_QMP,server=on,wait=off")
     build >/dev/null
     work=$(mktemp -d)
     mkdir -p "$work/root"
@@ -172,7 +190,6 @@ run() {
     (cd "$work/root" && echo "$extra" | cpio -o -H newc --quiet) >>"$initrd"
     log="$work/console.log"
     start=$(date +%s.%N)
-    local disk=(-chardev "socket,id=c,path=$sock${TAPDISK_GUEST_CHARDEV:-}" -device vhost-user-blk-pci,chardev=c)
     # shellcheck disable=SC2206 # word splitting is the point: QEMU options, no spaces inside
     if [ -n "${TAPDISK_GUEST_DISK:-}" ]; then disk=(${TAPDISK_GUEST_DISK}); fi
     set +e
@@ -180,7 +197,7 @@ run() {
     # and the guest panics at 0.06 s ("IO-APIC + timer doesn't work!"); seen under TSan.
     timeout -s KILL "$TIMEOUT" qemu-system-x86_64 -accel tcg -smp 1 -m "$MEM" \
         -object memory-backend-memfd,id=mem,size="${MEM}M",share=on -numa node,memdev=mem \
-        ${disk[@]+"${disk[@]}"} \
+        "${disk[@]}" ${qmp[@]+"${qmp[@]}"} \
         -kernel "$DIR/vmlinuz" -initrd "$initrd" -append 'console=ttyS0 panic=-1 quiet no_timer_check' \
         -nographic -no-reboot </dev/null 2>&1 | tr -d '\r' | tee "$log"
     set -e
@@ -196,10 +213,14 @@ case "${1:-}" in
 build) build ;;
 run)
     [ $# -ge 2 ] || { echo "usage: $0 run SOCK [SCRIPT]" >&2; exit 2; }
-    run "$2" "${3:-}"
+    run vhost "$2" "${3:-}"
+    ;;
+run-nbd)
+    [ $# -ge 2 ] || { echo "usage: $0 run-nbd SOCK [SCRIPT]" >&2; exit 2; }
+    run nbd "$2" "${3:-}"
     ;;
 *)
-    echo "usage: $0 build | run SOCK [SCRIPT]" >&2
+    echo "usage: $0 build | run SOCK [SCRIPT] | run-nbd SOCK [SCRIPT]" >&2
     exit 2
     ;;
 esac

@@ -23,12 +23,22 @@
 #
 #   prometheus   prometheus and promtool (Debian's package may also start its own service on
 #                :9090; the tests neither use nor stop it)
+#
+# and, for the NBD suites (Tests/TapDiskTests/NBD), which drive the NBD front with real clients:
+#
+#   qemu-utils      qemu-img, qemu-io, qemu-nbd (qemu-nbd is the reference server)
+#   libnbd-bin      nbdinfo, nbdcopy, nbdsh
+#   python3-libnbd  the randomized model test's client (scripts/nbd-model.py)
+#   nbdkit          the second reference server of the NBD benchmarks
+#
+# also optional: each NBD test that lacks its tool is skipped and names the package.
 # Swift itself is expected at /opt/swift or on PATH; this script does not install it.
 set -euo pipefail
 
 packages=(libaio-dev e2fsprogs fio util-linux mount systemd groff-base)
 guest_packages=(qemu-system-x86 busybox-static cpio)
 metrics_packages=(prometheus)
+nbd_packages=(qemu-utils libnbd-bin python3-libnbd nbdkit)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -48,7 +58,12 @@ for p in "${metrics_packages[@]}"; do
     installed "$p" || missing_metrics+=("$p")
 done
 
-if ((${#missing[@]} == 0 && ${#missing_guest[@]} == 0 && ${#missing_metrics[@]} == 0)); then
+missing_nbd=()
+for p in "${nbd_packages[@]}"; do
+    installed "$p" || missing_nbd+=("$p")
+done
+
+if ((${#missing[@]} == 0 && ${#missing_guest[@]} == 0 && ${#missing_metrics[@]} == 0 && ${#missing_nbd[@]} == 0)); then
     exit 0
 fi
 
@@ -57,10 +72,10 @@ if [[ $(id -u) -ne 0 ]]; then
         sudo=(sudo)
     else
         if ((${#missing[@]} == 0)); then
-            echo "setup.sh: not root, so not installing ${missing_guest[*]} ${missing_metrics[*]}: the QEMU tests, the demo's VM act and the Prometheus test will be skipped" >&2
+            echo "setup.sh: not root, so not installing ${missing_guest[*]} ${missing_metrics[*]} ${missing_nbd[*]}: the QEMU tests, the demo's VM acts, the Prometheus test and the NBD client tests will be skipped" >&2
             exit 0
         fi
-        echo "setup.sh: need root to install: ${missing[*]} ${missing_guest[*]} ${missing_metrics[*]}" >&2
+        echo "setup.sh: need root to install: ${missing[*]} ${missing_guest[*]} ${missing_metrics[*]} ${missing_nbd[*]}" >&2
         exit 1
     fi
 else
@@ -95,5 +110,11 @@ if ((${#missing_metrics[@]} > 0)); then
     echo "setup.sh: installing ${missing_metrics[*]}" >&2
     if ! install "${missing_metrics[@]}"; then
         echo "setup.sh: could not install ${missing_metrics[*]}: the Prometheus test will be skipped" >&2
+    fi
+fi
+if ((${#missing_nbd[@]} > 0)); then
+    echo "setup.sh: installing ${missing_nbd[*]}" >&2
+    if ! install "${missing_nbd[@]}"; then
+        echo "setup.sh: could not install ${missing_nbd[*]}: the NBD client tests that need them will be skipped" >&2
     fi
 fi

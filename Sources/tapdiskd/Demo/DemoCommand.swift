@@ -9,7 +9,9 @@ import TapDisk
 /// from the frontend's side, that every write got exactly one answer, that every failure was an
 /// I/O error the guest could see, and that every write answered OKAY is on disk after a remount;
 /// then it replays the run with `--on-nospace pause` and an operator who adds space. A third run
-/// (`DemoVMAct`) puts a real Linux guest under QEMU in the frontend's place, when QEMU is there.
+/// (`DemoVMAct`) puts a real Linux guest under QEMU in the frontend's place, when QEMU is there,
+/// and a fourth (`DemoNBDAct`) serves that guest over NBD, where QEMU's `werror=enospc` stops the
+/// VM until the operator frees space.
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo", abstract: "Replay the 2006 ENOSPC bug against tapdiskd and check every guarantee (root).")
@@ -39,9 +41,9 @@ struct DemoCommand: ParsableCommand {
     @Flag(
         inversion: .prefixedNo,
         help: ArgumentHelp(
-            "--vm: only the VM act (a Linux guest under QEMU, served over vhost-user-blk); --no-vm: skip it.",
-            discussion: "By default the VM act runs after the other two when QEMU and scripts/guest.sh are there, "
-                + "and is skipped with the reason otherwise."))
+            "--vm: only the VM acts (a Linux guest under QEMU, over vhost-user-blk, then over NBD); --no-vm: skip them.",
+            discussion: "By default the VM acts run after the other two when QEMU and scripts/guest.sh are there, "
+                + "and are skipped with the reason otherwise."))
     var vm: Bool? = nil
 
     func run() throws {
@@ -68,8 +70,12 @@ struct DemoCommand: ParsableCommand {
             progress.say("  \"succeeded\" because tapdisk dropped the AIO errors.")
         }
         var vmOutcome = DemoVMOutcome.notRequested
-        if vm != false { vmOutcome = try runVMAct(progress) }
-        let verdict = Verdict(results: results, ringRunsRequested: vm != true, vm: vmOutcome)
+        var nbdOutcome = DemoNBDOutcome.notRequested
+        if vm != false {
+            vmOutcome = try runVMAct(progress)
+            nbdOutcome = try runNBDAct(progress)
+        }
+        let verdict = Verdict(results: results, ringRunsRequested: vm != true, vm: vmOutcome, nbd: nbdOutcome)
         if json {
             print(JSONWriter.string(.object(verdict.json)))
         } else {
@@ -151,6 +157,43 @@ struct DemoCommand: ParsableCommand {
                 throw ExitCode(1)
             }
         }
+    }
+
+    /// Run 4: the guest again, its disk on QEMU's NBD client and tapdiskd's NBD front, with
+    /// QEMU's `werror=enospc`: the VM stops, the operator frees space and continues.
+    private func runNBDAct(_ progress: DemoProgress) throws -> DemoNBDOutcome {
+        progress.say("")
+        progress.say(
+            "Run 4: the guest over NBD, QEMU werror=enospc: stop the VM, free space, cont (a KVM operator's fix)")
+        for tool in ["debugfs", "e2fsck", "md5sum"] where !Subprocess.which(tool) {
+            return try skipNBDAct("\(tool) is not installed (apt-get install -y e2fsprogs coreutils)", progress)
+        }
+        let buildLog = "/tmp/tapdiskd-demo-guest-build-\(getpid()).log"
+        defer { unlink(buildLog) }
+        switch DemoGuest.prepare(log: buildLog, progress: progress) {
+        case .unavailable(let reason):
+            return try skipNBDAct(reason, progress)
+        case .ready(let guestScript):
+            let help = (try? Subprocess.output([DemoScenario.selfExecutable, "serve", "--help"])) ?? ""
+            guard help.contains("--nbd") else {
+                return try skipNBDAct("this tapdiskd has no NBD front (serve --nbd)", progress)
+            }
+            do {
+                return .ran(try DemoNBDAct(guestScript: guestScript, progress: progress).run(keep: keep))
+            } catch {
+                printError("tapdiskd demo: NBD act: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    private func skipNBDAct(_ reason: String, _ progress: DemoProgress) throws -> DemoNBDOutcome {
+        if vm == true {
+            printError("tapdiskd demo --vm: \(reason)")
+            throw ExitCode(1)
+        }
+        progress.say("  skipped: \(reason)")
+        return .skipped(reason)
     }
 
     private func skipVMAct(_ reason: String, _ progress: DemoProgress) throws -> DemoVMOutcome {

@@ -8,6 +8,13 @@ enum DemoVMOutcome {
     case ran(DemoVMAct.Result)
 }
 
+/// What became of the NBD act, as for the VM act.
+enum DemoNBDOutcome {
+    case notRequested
+    case skipped(String)
+    case ran(DemoNBDAct.Result)
+}
+
 /// The demo's conclusion, as text and as one JSON object.
 struct Verdict {
     /// Runs 1 and 2 (the library's frontend on the ring); empty under `--vm`.
@@ -15,12 +22,18 @@ struct Verdict {
     /// Whether runs 1 and 2 were asked for (they are, unless `--vm`).
     let ringRunsRequested: Bool
     let vm: DemoVMOutcome
+    let nbd: DemoNBDOutcome
 
     var report: DemoScenario.Result? { results.first { $0.policy == "report" } }
     var pause: DemoScenario.Result? { results.first { $0.policy == "pause" } }
 
     var vmResult: DemoVMAct.Result? {
         if case .ran(let r) = vm { return r }
+        return nil
+    }
+
+    var nbdResult: DemoNBDAct.Result? {
+        if case .ran(let r) = nbd { return r }
         return nil
     }
 
@@ -65,6 +78,29 @@ struct Verdict {
             c.append(("vm: the guest's ext4 is clean (e2fsck -fn on the host)", v.fsckStatus == 0))
             c.append(("vm: tapdiskd exited 0 after SIGTERM", v.daemonExit == 0))
         }
+        if let n = nbdResult {
+            c.append(
+                (
+                    "nbd: tapdiskd answered ENOSPC by name (io-error event, nospace)",
+                    n.firstIOError?["errno"]?.stringValue == "ENOSPC"
+                ))
+            c.append(
+                ("nbd: QEMU stopped the VM for nospace (BLOCK_IO_ERROR, query-status io-error)", n.stoppedForNospace))
+            c.append(("nbd: the VM resumed after the operator freed space and sent cont", n.contSent > 0 && n.resumed))
+            c.append(
+                (
+                    "nbd: the guest saw no error and wrote every file",
+                    n.guestSawNoError && n.vm.acknowledged.count == DemoNBDAct.files
+                ))
+            c.append(("nbd: every file re-read in the guest after a remount matches", n.rereadMatches))
+            c.append(
+                (
+                    "nbd: every file is intact on the host",
+                    !n.vm.acknowledged.isEmpty && n.intact == n.vm.acknowledged.count
+                ))
+            c.append(("nbd: the guest's ext4 is clean (e2fsck -fn on the host)", n.fsckStatus == 0))
+            c.append(("nbd: tapdiskd exited 0 after SIGTERM", n.daemonExit == 0))
+        }
         return c
     }
 
@@ -103,6 +139,11 @@ struct Verdict {
         case .skipped(let reason): object.set("vm", .object(["skipped": .string(reason)]))
         case .ran(let v): object.set("vm", .object(Self.json(v)))
         }
+        switch nbd {
+        case .notRequested: break
+        case .skipped(let reason): object.set("nbd-vm", .object(["skipped": .string(reason)]))
+        case .ran(let n): object.set("nbd-vm", .object(Self.json(n)))
+        }
         return object
     }
 
@@ -122,6 +163,26 @@ struct Verdict {
             "status": .object(v.statusAfter), "counters": .object(v.countersAfter),
             "daemon-exit": .integer(v.daemonExit), "e2fsck-exit": .integer(v.fsckStatus),
             "seconds": .double((v.seconds * 1000).rounded() / 1000),
+        ]
+    }
+
+    static func json(_ n: DemoNBDAct.Result) -> JSONObject {
+        [
+            "image-mib": .integer(n.imageMiB), "host-free-kib": .uint(n.hostFreeKiB),
+            "guest-exit": .integer(n.guestExit), "files": .integer(DemoNBDAct.files),
+            "files-acknowledged": .integer(n.vm.acknowledged.count), "files-intact": .integer(n.intact),
+            "files-reread-matching": .integer(n.vm.acknowledged.filter { n.reread[$0.name] == $0.md5 }.count),
+            "guest-error": n.vm.failure.map { .string($0) } ?? .null,
+            "dmesg-io-errors": .integer(n.vm.dmesgIOErrors),
+            "block-io-errors": .array(n.blockIOErrors.map { .object($0) }),
+            "stop-status": n.stopStatus.map { .string($0) } ?? .null,
+            "stopped-for-nospace": .bool(n.stoppedForNospace),
+            "cont-sent": .integer(n.contSent), "resumed": .bool(n.resumed), "freed-kib": .uint(n.freedKiB),
+            "io-error-events": .integer(n.ioErrorEvents),
+            "first-io-error": n.firstIOError.map { .object($0) } ?? .null,
+            "counters": .object(n.countersAfter),
+            "daemon-exit": .integer(n.daemonExit), "e2fsck-exit": .integer(n.fsckStatus),
+            "seconds": .double((n.seconds * 1000).rounded() / 1000),
         ]
     }
 }

@@ -66,17 +66,21 @@ import Testing
         #expect(pause["resumed-automatically"]?.boolValue == true)
         // Without QEMU the VM act is skipped, says why, and does not fail the demo.
         #expect(verdict["vm"]?["skipped"]?.stringValue?.contains("qemu-system-x86_64") == true)
+        #expect(verdict["nbd-vm"]?["skipped"]?.stringValue?.contains("qemu-system-x86_64") == true)
         // No mount or loop device is left behind.
         let mounts = ProcFile.read("/proc/mounts") ?? ""
         #expect(!mounts.contains("tapdiskd-demo-"))
     }
 
-    /// The VM act: a Linux guest under QEMU writes until the host filesystem under its sparse disk
-    /// is full. Its dd must fail with EIO, its kernel must log the I/O error, and every file it
-    /// was told was written must be intact on the host, in an ext4 that e2fsck finds clean.
+    /// The VM acts. Run 3: a Linux guest under QEMU writes until the host filesystem under its
+    /// sparse disk is full. Its dd must fail with EIO, its kernel must log the I/O error, and every
+    /// file it was told was written must be intact on the host, in an ext4 that e2fsck finds clean.
+    /// Run 4, over NBD with `werror=enospc`: tapdiskd reports ENOSPC by name, QEMU stops the VM
+    /// (`BLOCK_IO_ERROR` nospace, `query-status` io-error), the demo frees space and sends `cont`,
+    /// and the guest writes every file with no error, all intact in the guest and on the host.
     @Test(
         .enabled(if: VhostUserGuest.available, "needs root, qemu-system-x86_64 and `scripts/guest.sh build`"),
-        .timeLimit(.minutes(3)))
+        .timeLimit(.minutes(5)))
     func vmActGuestSeesEIOAndKeepsEveryAcknowledgedFile() throws {
         let verdict = try Self.demoVerdict(["demo", "--vm", "--json"])
         #expect(verdict["passed"]?.boolValue == true)
@@ -90,6 +94,16 @@ import Testing
         #expect(vm["e2fsck-exit"]?.int64Value == 0)
         #expect(vm["first-io-error"]?["errno"]?.stringValue == "ENOSPC")
         #expect(vm["daemon-exit"]?.int64Value == 0)
+        let nbd = try #require(verdict["nbd-vm"]?.objectValue)
+        #expect(nbd["guest-exit"]?.int64Value == 0)
+        #expect(nbd["first-io-error"]?["errno"]?.stringValue == "ENOSPC", "\(nbd["first-io-error"] ?? .null)")
+        #expect(nbd["stop-status"]?.stringValue == "io-error")
+        #expect(nbd["stopped-for-nospace"]?.boolValue == true, "\(nbd["block-io-errors"] ?? .null)")
+        #expect((nbd["cont-sent"]?.int64Value ?? 0) >= 1 && nbd["resumed"]?.boolValue == true)
+        #expect(nbd["guest-error"] == .null && nbd["dmesg-io-errors"]?.int64Value == 0)
+        #expect(nbd["files-acknowledged"] == nbd["files"])
+        #expect(nbd["files-reread-matching"] == nbd["files"] && nbd["files-intact"] == nbd["files"])
+        #expect(nbd["e2fsck-exit"]?.int64Value == 0 && nbd["daemon-exit"]?.int64Value == 0)
         let mounts = ProcFile.read("/proc/mounts") ?? ""
         #expect(!mounts.contains("tapdiskd-demo-"))
     }

@@ -1,0 +1,81 @@
+import Foundation
+import Glibc
+import Testing
+
+@testable import TapDisk
+
+/// One scenario of `NBDGuestTests`: the NBD server under test serving a sparse image on a small
+/// loop-mounted ext4, a Linux guest booted by `scripts/guest.sh run-nbd` whose virtio-blk disk is
+/// QEMU's NBD client (`-blockdev driver=nbd`), and QMP on a unix socket for the test to play the
+/// management layer. `teardown()` (also `deinit`) stops the server and unmounts; QEMU never
+/// outlives `boot` (guest.sh kills it after its timeout).
+final class NBDGuestRig {
+    let fs: LoopFilesystem
+    let image: String
+    let server: NBDServerProcess
+    let qmpSocket: String
+    private var tornDown = false
+
+    /// A sparse image of `imageBytes` on a fresh ext4 of `filesystemMiB`, with `leaveFree` bytes
+    /// left free (a filler file takes the rest), served over NBD with `arguments` (tapdiskd).
+    init(imageBytes: UInt64, filesystemMiB: Int, leaveFree: UInt64, arguments: [String] = []) throws {
+        fs = try LoopFilesystem(sizeMiB: filesystemMiB)
+        image = fs.path("disk.img")
+        do {
+            try NBDClientTools.makeSparseImage(image, size: imageBytes, data: [], seed: 0)
+            try fs.fill(leaving: leaveFree)
+            server = try NBDServerProcess(image: image, arguments: arguments)
+        } catch {
+            fs.cleanup()
+            throw error
+        }
+        qmpSocket = server.directory + "/qmp.sock"
+    }
+
+    deinit { teardown() }
+
+    func teardown() {
+        if tornDown { return }
+        tornDown = true
+        server.forceStop()
+        fs.cleanup()
+    }
+
+    /// Boots the guest with `script` and `werror`, and returns when it powered off (or guest.sh
+    /// killed QEMU after `timeoutSeconds`). `poll` runs every 50 ms with the console so far and
+    /// the QMP connection once QEMU serves it (nil before).
+    func boot(
+        script: String, name: String, werror: String, timeoutSeconds: Int = 150,
+        poll: (GuestConsole, QMPClient?) -> Void = { _, _ in }
+    ) throws -> VhostUserGuestRig.GuestRun {
+        let scriptPath = server.directory + "/\(name).sh"
+        let consolePath = server.directory + "/\(name).console"
+        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+        _ = FileManager.default.createFile(atPath: consolePath, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: consolePath))
+        defer { try? handle.close() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [
+            "TAPDISK_GUEST_TIMEOUT=\(timeoutSeconds)", "TAPDISK_GUEST_WERROR=\(werror)",
+            "TAPDISK_GUEST_QMP=\(qmpSocket)", "stdbuf", "-oL", NBDClientTools.script("guest.sh"), "run-nbd",
+            server.socketPath, scriptPath,
+        ]
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        let start = MonotonicClock.nanoseconds()
+        try process.run()
+        let read = { GuestConsole(text: (try? String(contentsOfFile: consolePath, encoding: .utf8)) ?? "") }
+        var qmp: QMPClient? = nil
+        while process.isRunning {
+            if qmp == nil, access(qmpSocket, F_OK) == 0 { qmp = try? QMPClient(socketPath: qmpSocket) }
+            poll(read(), qmp)
+            usleep(50_000)
+        }
+        process.waitUntilExit()
+        return VhostUserGuestRig.GuestRun(
+            status: process.terminationStatus, console: read(),
+            seconds: Double(MonotonicClock.nanoseconds() - start) / 1e9)
+    }
+}
