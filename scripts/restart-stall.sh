@@ -84,6 +84,10 @@ fi
 [ -n "${TAPDISK_STALL_NO_CONTROL:-}" ] || listener+=(--control "$D/c.sock")
 server=("$BIN" --image "$IMG" --cache "$CACHE" --log-level debug ${TAPDISK_STALL_DAEMON_ARGS:-})
 if [ -n "${TAPDISK_STALL_SERVER:-}" ]; then eval "server=($TAPDISK_STALL_SERVER)"; fi
+# Kills come every 1-2.5 s once the client is back; over NBD it is back within ~100 ms, so 5 kills
+# fall within 10 s and systemd's default start limit (the supervisor's too) would give up. A unit
+# meant to survive that raises StartLimitBurst=; so does this run.
+[ "$MODE" = kill ] && export TAPDISK_SUPERVISOR_BURST=$((COUNT + 1))
 python3 "$REPO/scripts/socket-supervisor.py" "${listener[@]}" \
     --commands "$D/cmd" --events "$D/events" --log "$D/daemon.log" -- "${server[@]}" &
 SUP=$!
