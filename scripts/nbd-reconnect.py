@@ -23,7 +23,7 @@ Guest-visible errors are counted three ways: FAIL lines, `I/O error` lines in th
 log, and QEMU's failed_{rd,wr,flush}_operations. Exit status 0 only if all are 0, every slot
 verifies, the guest ended with rc=0 and every kill was followed by a completion.
 """
-import argparse, fcntl, hashlib, json, os, random, re, shutil, signal, socket, statistics, subprocess, sys, tempfile
+import argparse, ctypes, fcntl, hashlib, json, os, random, re, shutil, signal, socket, statistics, subprocess, sys, tempfile
 import threading, time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +56,14 @@ writer 0 & writer 1 & writer 2 &
 wait
 echo "DMESG-IO-ERRORS $(dmesg | grep -ci 'i/o error')"
 """
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent():
+    """preexec_fn: SIGKILL this child when its parent thread dies, even by SIGKILL (a test's timeout)."""
+    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def log(*a):
@@ -96,14 +104,15 @@ class Supervisor(threading.Thread):
             for path in (self.sock, self.ctl):
                 if os.path.exists(path):
                     os.unlink(path)
-            return subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         if os.path.exists(self.ctl):
             os.unlink(self.ctl)
         # bash's $$ is the pid that exec keeps: LISTEN_PID must name the server itself. The
         # listener sits at fd 20 or above, so moving it to 3 never closes what it copies.
         fd = self.listener
         wrapper = ["bash", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=nbd exec "$@" 3<&{fd} {fd}<&-', "bash"]
-        return subprocess.Popen(wrapper + self.argv, stdout=self.log, stderr=subprocess.STDOUT, pass_fds=(fd,))
+        return subprocess.Popen(wrapper + self.argv, stdout=self.log, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                                preexec_fn=die_with_parent)
 
     def run(self):
         while True:
@@ -262,7 +271,8 @@ def main():
         "-qmp", f"unix:{qmp},server=on,wait=off",
         "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet no_timer_check",
         "-nographic", "-no-reboot"]
-    guest = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=open(console, "w"), stderr=subprocess.STDOUT)
+    guest = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=open(console, "w"), stderr=subprocess.STDOUT,
+                             preexec_fn=die_with_parent)
     stats = BlockStats(qmp)
     stats.start()
     text = lambda: open(console, errors="replace").read().replace("\r", "")
