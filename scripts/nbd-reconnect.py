@@ -78,8 +78,8 @@ def server_argv(name, a, image, sock, ctl, activate):
         listen = [] if activate else ["-U", sock]
         return ["nbdkit", "-f", *listen, "file", image, "cache=none"]
     if name == "tapdiskd":
-        # Under socket activation tapdiskd takes the NBD socket from LISTEN_FDS (docs/nbd.md).
-        listen = ["--nbd", "systemd"] if activate else ["--nbd", f"unix:{sock}"]
+        # Under socket activation tapdiskd serves NBD on the passed fd named `nbd`, no --nbd needed.
+        listen = [] if activate else ["--nbd", f"unix:{sock}"]
         return [a.tapdiskd, "serve", "--image", image, "--socket", ctl, *listen, "--cache", "none",
                 "--log-level", "info"]
     sys.exit(f"unknown server {name}")
