@@ -280,7 +280,7 @@ def main():
     result = 1
     stalls, missed = [], 0
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 180
         while ok() == 0:
             if guest.poll() is not None or time.monotonic() > deadline:
                 sys.exit("the guest did not start writing:\n" + text()[-3000:])
