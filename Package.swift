@@ -70,6 +70,8 @@ let package = Package(
         .executableTarget(
             name: "BlkifValidatorFuzzer", dependencies: ["TapDisk", "CLibAIO", "FuzzSupport"],
             path: "Fuzz/BlkifValidatorFuzzer"),
+        .executableTarget(
+            name: "NBDProtocolFuzzer", dependencies: ["TapDisk", "FuzzSupport"], path: "Fuzz/NBDProtocolFuzzer"),
         .testTarget(
             name: "TapDiskTests",
             dependencies: ["TapDisk", "TapDiskMetrics", "CLibAIO"],

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/path.sh
 
-targets=(ControlRequestFuzzer VhostMessageFuzzer VirtqueueFuzzer BlkifValidatorFuzzer)
+targets=(ControlRequestFuzzer VhostMessageFuzzer VirtqueueFuzzer BlkifValidatorFuzzer NBDProtocolFuzzer)
 if [[ $# -lt 1 || $1 == list || $1 == -h || $1 == --help ]]; then
     echo "usage: scripts/fuzz.sh TARGET [SECONDS] [libFuzzer flags...]"
     echo "targets: ${targets[*]}"

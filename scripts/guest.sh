@@ -20,6 +20,12 @@
 # $TAPDISK_GUEST_CHARDEV is appended to the vhost-user -chardev options: ",reconnect=1" makes
 # QEMU (7.2; "reconnect-ms=1000" on 9.2+) reconnect to a back-end that died or restarted.
 #
+# $TAPDISK_GUEST_FILES (space-separated paths) are copied next to the script into the guest's
+# root, e.g. a static binary the script runs. $TAPDISK_GUEST_DISK replaces the vhost-user-blk
+# -chardev/-device pair with other QEMU options (SOCK is then unused), e.g. an NBD disk:
+#   "-blockdev driver=nbd,node-name=d,server.type=unix,server.path=P,reconnect-delay=5
+#    -device virtio-blk-pci,drive=d"
+#
 # The guest prints TAPDISK-GUEST-BEGIN / TAPDISK-GUEST-END rc=N markers on ttyS0; `run`
 # scans them to produce its exit status, and also fails when the markers are missing.
 set -euo pipefail
@@ -160,15 +166,21 @@ run() {
     chmod +x "$work/root/guest-script.sh"
     initrd="$work/initrd"
     cp "$DIR/initrd.cpio" "$initrd"
-    (cd "$work/root" && echo guest-script.sh | cpio -o -H newc --quiet) >>"$initrd"
+    local extra f
+    for f in ${TAPDISK_GUEST_FILES:-}; do cp "$f" "$work/root/"; done
+    extra=$(cd "$work/root" && ls)
+    (cd "$work/root" && echo "$extra" | cpio -o -H newc --quiet) >>"$initrd"
     log="$work/console.log"
     start=$(date +%s.%N)
+    local disk=(-chardev "socket,id=c,path=$sock${TAPDISK_GUEST_CHARDEV:-}" -device vhost-user-blk-pci,chardev=c)
+    # shellcheck disable=SC2206 # word splitting is the point: QEMU options, no spaces inside
+    if [ -n "${TAPDISK_GUEST_DISK:-}" ]; then disk=(${TAPDISK_GUEST_DISK}); fi
     set +e
     # no_timer_check: on a starved host, TCG's timer can miss the kernel's IO-APIC timer check,
     # and the guest panics at 0.06 s ("IO-APIC + timer doesn't work!"); seen under TSan.
     timeout -s KILL "$TIMEOUT" qemu-system-x86_64 -accel tcg -smp 1 -m "$MEM" \
         -object memory-backend-memfd,id=mem,size="${MEM}M",share=on -numa node,memdev=mem \
-        -chardev socket,id=c,path="$sock"${TAPDISK_GUEST_CHARDEV:-} -device vhost-user-blk-pci,chardev=c \
+        ${disk[@]+"${disk[@]}"} \
         -kernel "$DIR/vmlinuz" -initrd "$initrd" -append 'console=ttyS0 panic=-1 quiet no_timer_check' \
         -nographic -no-reboot </dev/null 2>&1 | tr -d '\r' | tee "$log"
     set -e

@@ -39,6 +39,16 @@ if ((aio_free < n * 512)); then
     exit 1
 fi
 
+# Each daemon watches its image with one inotify instance (Daemon+Wakeups.swift), and the
+# kernel's default fs.inotify.max_user_instances is 128 per user: past it a daemon falls back to
+# polling the image's size every 500 ms, which is what this script measures the absence of.
+inotify_max=$(cat /proc/sys/fs/inotify/max_user_instances)
+if ((inotify_max < n + 16)); then
+    echo "fs.inotify.max_user_instances is $inotify_max, $n daemons need $n (plus the host's own):" >&2
+    echo "  sysctl -w fs.inotify.max_user_instances=$((n + 128))" >&2
+    exit 1
+fi
+
 if [[ ! -x .build/release/tapdiskd || ! -x .build/release/tapdisk-exporter ]]; then
     swift build -c release >&2
 fi

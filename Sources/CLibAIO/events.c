@@ -152,19 +152,18 @@ int clibaio_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, in
     return n;
 }
 
-int clibaio_timerfd_periodic(unsigned period_ms) {
+int clibaio_timerfd_oneshot(void) {
     int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (fd < 0) return -errno;
+    return fd < 0 ? -errno : fd;
+}
+
+int clibaio_timerfd_arm(int fd, uint64_t deadline_ns) {
     struct itimerspec its;
-    its.it_interval.tv_sec = period_ms / 1000;
-    its.it_interval.tv_nsec = (long)(period_ms % 1000) * 1000000L;
-    its.it_value = its.it_interval;
-    if (timerfd_settime(fd, 0, &its, NULL) != 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
+    memset(&its, 0, sizeof its);
+    // All zero disarms; any other time already past fires at once.
+    its.it_value.tv_sec = (time_t)(deadline_ns / 1000000000u);
+    its.it_value.tv_nsec = (long)(deadline_ns % 1000000000u);
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) == 0 ? 0 : -errno;
 }
 
 int clibaio_signalfd(const int *signals, int count) {

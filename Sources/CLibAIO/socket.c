@@ -96,14 +96,18 @@ int clibaio_accept(int listen_fd) {
     return fd < 0 ? -errno : fd;
 }
 
-int clibaio_is_seqpacket_listener(int fd) {
-    int type = 0, listening = 0;
-    socklen_t len = sizeof(type);
+int clibaio_unix_listener_type(int fd) {
+    int domain = 0, type = 0, listening = 0;
+    socklen_t len = sizeof(domain);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX) return 0;
+    len = sizeof(type);
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return 0;
     len = sizeof(listening);
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) return 0;
-    return type == SOCK_SEQPACKET && listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) return 0;
+    return type == SOCK_SEQPACKET || type == SOCK_STREAM ? type : 0;
 }
+
+int clibaio_is_seqpacket_listener(int fd) { return clibaio_unix_listener_type(fd) == SOCK_SEQPACKET; }
 
 // Room for the kernel's per-message maximum (SCM_MAX_FD = 253), so no received fd is ever lost
 // inside a truncated control buffer: every one is either returned or closed here.

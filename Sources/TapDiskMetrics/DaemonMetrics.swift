@@ -103,6 +103,14 @@ package enum DaemonMetrics {
                     "paused_seconds", .counter, "Time spent paused, by reason.", base + [.init("reason", member.key)],
                     .double(v))
             }
+            if let v = counters["throttled-seconds"]?.doubleValue {
+                add(
+                    "throttled_seconds", .counter, "Time requests waited for a QoS limit before being consumed.", base,
+                    .double(v))
+            }
+            counter(
+                "throttle_delayed_requests", "Times a waiting request was held back by a QoS limit.",
+                "throttle-delayed-requests")
             counter(
                 "control_connections_refused", "Control connections refused (over the limit or out of fds).",
                 "control-connections-refused")
@@ -140,6 +148,26 @@ package enum DaemonMetrics {
                 add(
                     "frontend_connected", .gauge, "Frontends attached (0 or 1), by front.", base,
                     .integer(attached ? 1 : 0))
+            }
+            if let throttled = status["throttled"]?.boolValue {
+                add(
+                    "throttled", .gauge, "1 while a QoS limit holds a waiting request back.", base,
+                    .integer(throttled ? 1 : 0))
+            }
+            if let limits = status["limits"]?.objectValue {
+                for op in ["total", "read", "write"] {
+                    if let v = limits["iops-\(op)"]?.uint64Value {
+                        add(
+                            "limit_iops", .gauge, "The QoS limit in requests per second (set-limits, --limit).",
+                            base + [.init("op", op)], .integer(v))
+                    }
+                    if let v = limits["bps-\(op)"]?.uint64Value {
+                        add(
+                            "limit_bytes_per_second", .gauge,
+                            "The QoS limit in bytes per second (set-limits, --limit).",
+                            base + [.init("op", op)], .integer(v))
+                    }
+                }
             }
             if let uptime = status["uptime-seconds"]?.doubleValue {
                 add("uptime_seconds", .gauge, "Seconds since the daemon started.", base, .double(uptime))

@@ -12,7 +12,7 @@ package struct SocketSet: Sendable {
     /// `(disk, path)` pairs sorted by path. A directory stands for its `*.sock`; anything else is
     /// a glob. The disk label is the file name without `.sock`; when two directories hold the
     /// same name, the later one is labelled by its whole path instead, so no two series collide.
-    /// `*.vhost.sock` files are skipped: they are vhost-user sockets that tapdiskd-vhost@.service
+    /// `*.vhost.sock` files are skipped: they are vhost-user sockets that tapdiskd-vhost@.socket
     /// keeps beside the control sockets, never control sockets themselves.
     package func expand() -> [(disk: String, path: String)] {
         var paths: [String] = []

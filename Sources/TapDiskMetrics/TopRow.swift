@@ -22,6 +22,11 @@ package struct TopRow: Equatable, Sendable {
     /// `UInt64.max` when it lies beyond the last bound (10 s); nil when nothing completed in the
     /// interval or the histograms are missing.
     package var p99Nanos: UInt64?
+    /// The QoS limits in force, as `status` reports them (`iops-total=200,bps-write=10M`), `none`
+    /// without; nil when the daemon does not report limits.
+    package var limit: String?
+    /// A limit holds a waiting request back now.
+    package var throttled: Bool?
     /// Why the daemon is `down`.
     package var failure: String?
 
@@ -53,6 +58,8 @@ package struct TopRow: Equatable, Sendable {
             disk: sample.disk, state: status["state"]?.stringValue ?? "-",
             ioStatus: status["io-status"]?.stringValue, front: status["front"]?.stringValue,
             inFlight: status["in-flight"]?.uint64Value, held: status["held"]?.uint64Value)
+        row.limit = status["limits"]?.objectValue.map(limitText)
+        row.throttled = status["throttled"]?.boolValue
         guard let before else { return row }
         var interval = seconds
         if let t0 = before.status["uptime-seconds"]?.doubleValue, let t1 = status["uptime-seconds"]?.doubleValue,
@@ -73,6 +80,24 @@ package struct TopRow: Equatable, Sendable {
         row.writeBytesPerSecond = rate("write-bytes")
         row.p99Nanos = p99(before.stats["latency"]?.objectValue, now.stats["latency"]?.objectValue)
         return row
+    }
+
+    /// `status`' `limits` as `KEY=VALUE` pairs, bytes in whole K/M/G where they divide; `none`.
+    package static func limitText(_ limits: JSONObject) -> String {
+        var parts: [String] = []
+        for member in limits {
+            guard let v = member.value.uint64Value else { continue }
+            var value = String(v)
+            if member.key.hasPrefix("bps-") && !member.key.hasSuffix("-length") {
+                for (suffix, unit) in [("G", UInt64(1) << 30), ("M", 1 << 20), ("K", 1 << 10)]
+                where v >= unit && v % unit == 0 {
+                    value = "\(v / unit)\(suffix)"
+                    break
+                }
+            }
+            parts.append("\(member.key)=\(value)")
+        }
+        return parts.isEmpty ? "none" : parts.joined(separator: ",")
     }
 
     /// A counter's growth; a counter that went down belongs to a restarted daemon, whose whole

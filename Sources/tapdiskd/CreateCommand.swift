@@ -39,12 +39,18 @@ struct CreateCommand: ParsableCommand {
             printError("tapdiskd: --size: \(error.message)")
             throw ExitCode(64)
         }
+        // Only `full` writes every byte; `off` and `falloc` finish at once.
+        let progress = preallocate == .full ? PreallocationProgress(totalBytes: bytes) : nil
         do {
-            try ImageCreator.create(path: path, sizeBytes: bytes, preallocation: preallocate)
+            try ImageCreator.create(
+                path: path, sizeBytes: bytes, preallocation: preallocate,
+                progress: progress.map { p in { p.update(writtenBytes: $0) } })
         } catch {
+            progress?.finish()
             printError("tapdiskd: \(error.message)")
             throw ExitCode(1)
         }
+        progress?.finish()
         print("created \(path): \(bytes) bytes, preallocation \(preallocate.rawValue)")
     }
 }

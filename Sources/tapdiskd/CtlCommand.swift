@@ -5,23 +5,40 @@ import TapDisk
 /// `tapdiskd ctl`: the toolstack's commands from a shell, over the library's one client.
 struct CtlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ctl", abstract: "Control a running tapdiskd: info, status, stats, pause, resume, detach, events.")
+        commandName: "ctl",
+        abstract: "Control a running tapdiskd: info, status, stats, pause, resume, detach, events, set-limits.")
 
     enum Action: String, ExpressibleByArgument, CaseIterable {
         case info, status, stats, pause, resume, detach, events
+        case setLimits = "set-limits"
     }
 
     @Option(help: "The daemon's control socket.")
     var socket: String
 
-    @Argument(help: "info | status | stats | pause | resume | detach | events")
+    @Argument(help: "info | status | stats | pause | resume | detach | events | set-limits")
     var action: Action
+
+    @Argument(
+        help: ArgumentHelp(
+            "With set-limits: the new limits, written as for serve (iops-total=200,bps-write=10M,...), or none.",
+            valueName: "LIMITS"))
+    var limits: String?
 
     @Flag(name: .customLong("fail-held"), help: "With resume: answer held requests ERROR instead of resubmitting them.")
     var failHeld = false
 
     @Flag(help: "Print replies and events as JSON (one object per line).")
     var json = false
+
+    func validate() throws {
+        if action == .setLimits {
+            guard let limits else { throw ValidationError("set-limits needs the limits (or none)") }
+            do { _ = try ThrottleLimits.parse(limits) } catch { throw ValidationError("set-limits: \(error.message)") }
+        } else if limits != nil {
+            throw ValidationError("only set-limits takes an argument")
+        }
+    }
 
     func run() throws {
         let client: ControlClient
@@ -44,6 +61,11 @@ struct CtlCommand: ParsableCommand {
             }
             var arguments = JSONObject()
             if action == .resume && failHeld { arguments.set("fail-held", true) }
+            if action == .setLimits, let limits, let parsed = try? ThrottleLimits.parse(limits) {
+                var object = JSONObject()
+                for (key, value) in parsed.pairs { object.set(key, .uint(value)) }
+                arguments.set("limits", .object(object))
+            }
             let reply = try client.request(action.rawValue, arguments, timeoutMilliseconds: 600_000)
             if json {
                 print(JSONWriter.string(.object(reply)))

@@ -18,8 +18,28 @@ struct ServeCommand: ParsableCommand {
 
     @Option(
         name: .customLong("vhost-user-blk"),
-        help: "Serve the disk to a vhost-user-blk front-end (QEMU) on this AF_UNIX stream socket.")
+        help:
+            "Serve the disk to a vhost-user-blk front-end (QEMU) on this AF_UNIX stream socket (under socket activation, on the passed stream socket instead)."
+    )
     var vhostUserBlk: String? = nil
+
+    @Option(
+        name: .customLong("nbd"),
+        help: "Serve the disk to NBD clients on unix:PATH or tcp:HOST:PORT (docs/nbd.md).")
+    var nbd: String? = nil
+
+    @Option(
+        name: .customLong("nbd-export-name"),
+        help: "The NBD export's name (default: the image file's name); the empty name selects it too.")
+    var nbdExportName: String? = nil
+
+    @Option(name: .customLong("nbd-max-connections"), help: "NBD clients at once, handshakes included (8...256).")
+    var nbdMaxConnections: Int = 16
+
+    @Option(
+        name: .customLong("nbd-handshake-timeout"),
+        help: "Seconds an NBD client has to finish its handshake (1...3600).")
+    var nbdHandshakeTimeout: UInt64 = 10
 
     @Flag(help: "Serve the disk read-only.")
     var readonly = false
@@ -61,6 +81,13 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("cpu"), help: "Pin the daemon to these CPUs: a list such as 0 or 0,2-3.")
     var cpu: String?
 
+    @Option(
+        name: .customLong("limit"),
+        help: ArgumentHelp(
+            "QoS limits, QEMU's names: iops-total=N,iops-read=N,iops-write=N,bps-total=N,bps-read=N,bps-write=N, bursts KEY-max=N,KEY-max-length=SECONDS (bytes may end in K/M/G/T).",
+            valueName: "LIMITS"))
+    var limit: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -76,11 +103,28 @@ struct ServeCommand: ParsableCommand {
         guard (0...10_000).contains(pollMicroseconds) else {
             throw ValidationError("invalid value \(pollMicroseconds) for --poll-us: must be 0...10000")
         }
+        if let nbd {
+            do { _ = try NBDListenAddress(parsing: nbd) } catch { throw ValidationError(error.description) }
+        }
+        guard (8...256).contains(nbdMaxConnections) else {
+            throw ValidationError("invalid value \(nbdMaxConnections) for --nbd-max-connections: must be 8...256")
+        }
+        guard (1...3600).contains(nbdHandshakeTimeout) else {
+            throw ValidationError("invalid value \(nbdHandshakeTimeout) for --nbd-handshake-timeout: must be 1...3600")
+        }
+        if let nbdExportName,
+            nbdExportName.utf8.count > NBDHandshake.maximumStringLength || nbdExportName.utf8.contains(0)
+        {
+            throw ValidationError("--nbd-export-name: at most 4096 bytes and no NUL")
+        }
         if let cpu, CPUList.parse(cpu) == nil {
             throw ValidationError("invalid value \(cpu) for --cpu: expected CPU numbers such as 0 or 0,2-3")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: unknown level \(logLevel)")
+        }
+        if let limit {
+            do { _ = try ThrottleLimits.parse(limit) } catch { throw ValidationError("--limit: \(error.message)") }
         }
         if let lowSpaceThreshold {
             do { _ = try LowSpaceThreshold.parse(lowSpaceThreshold) } catch {
@@ -99,12 +143,17 @@ struct ServeCommand: ParsableCommand {
         var config = DaemonConfiguration(imagePath: image, socketPath: socket)
         config.readOnly = readonly
         config.vhostUserSocketPath = vhostUserBlk
+        config.nbdAddress = try nbd.map { try NBDListenAddress(parsing: $0) }
+        config.nbdExportName = nbdExportName
+        config.nbdMaxConnections = nbdMaxConnections
+        config.nbdHandshakeTimeoutSeconds = nbdHandshakeTimeout
         config.cache = cache
         config.policy = FailurePolicy(onNospace: onNospace, onError: onError, pauseTimeoutSeconds: pauseTimeout)
         config.maxRingPageOrder = maxRingPageOrder
         config.maxControlConnections = maxControlConnections
         config.pollMicroseconds = UInt64(pollMicroseconds)
         config.cpus = cpu.flatMap(CPUList.parse)
+        config.limits = try limit.map { try ThrottleLimits.parse($0) } ?? ThrottleLimits()
         config.lowSpaceThreshold = try lowSpaceThreshold.map { try LowSpaceThreshold.parse($0) }
         let daemon: Daemon
         do {

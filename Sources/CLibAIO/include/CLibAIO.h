@@ -200,8 +200,27 @@ int clibaio_epoll_remove(int epfd, int fd);
 /// epoll_wait copying the packed epoll_event out: number ready, or -errno (EINTR included).
 int clibaio_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms);
 
-/// A CLOCK_MONOTONIC timerfd firing every `period_ms` milliseconds (non-blocking, cloexec).
-int clibaio_timerfd_periodic(unsigned period_ms);
+/// A disarmed CLOCK_MONOTONIC timerfd (non-blocking, cloexec), or -errno.
+int clibaio_timerfd_oneshot(void);
+/// Arms it to fire once at the absolute CLOCK_MONOTONIC time `deadline_ns`; 0 disarms. 0 or -errno.
+int clibaio_timerfd_arm(int fd, uint64_t deadline_ns);
+
+// MARK: - Watching the image (watch.c)
+
+/// An inotify fd (non-blocking, cloexec) watching the inode open as `image_fd` for IN_MODIFY
+/// (write, truncate, fallocate by anyone) and IN_ATTRIB, or -errno (EMFILE: the user's
+/// fs.inotify.max_user_instances is used up).
+int clibaio_inotify_image(int image_fd);
+/// Reads every queued inotify event: how many there were (0: none), or -errno.
+int clibaio_inotify_drain(int fd);
+/// A NETLINK_KOBJECT_UEVENT socket bound to the kernel's uevent group (non-blocking, cloexec),
+/// or -errno.
+int clibaio_uevent_socket(void);
+/// Reads every queued uevent: 1 when one was a block device `change` (a resize raises one) or
+/// some were lost (ENOBUFS), 0 when none was, or -errno.
+int clibaio_uevent_drain(int fd);
+/// 1 when the process is in the initial user namespace (where kernel uevents arrive), else 0.
+int clibaio_in_initial_user_namespace(void);
 /// Blocks the given signals for the process and returns a signalfd for them.
 int clibaio_signalfd(const int *signals, int count);
 /// Reads one signal number from a signalfd: the signal, or -errno.
@@ -223,6 +242,9 @@ int clibaio_unix_connect(const char *path);
 int clibaio_accept(int listen_fd);
 /// 1 when fd is a listening AF_UNIX SOCK_SEQPACKET socket (socket activation), 0 otherwise.
 int clibaio_is_seqpacket_listener(int fd);
+/// SOCK_SEQPACKET (the control socket) or SOCK_STREAM (a vhost-user socket) when fd is a
+/// listening AF_UNIX socket of that type, 0 otherwise: tells socket-activated fds apart.
+int clibaio_unix_listener_type(int fd);
 /// recvmsg of one datagram with up to `max_fds` SCM_RIGHTS fds (all received fds are installed
 /// cloexec and returned, even beyond max_fds they are closed here). Returns the datagram's real
 /// length (may exceed `len`: truncated), or -errno. `*flags_out` gets msg_flags.
@@ -240,7 +262,18 @@ int clibaio_peer_hung_up(int fd);
 /// socket is configured (returns 1 in that case), -errno on failure.
 int clibaio_sd_notify(const char *state);
 
+// MARK: - QoS timer (qos_timer.c)
+
+/// A one-shot CLOCK_MONOTONIC timerfd (non-blocking, cloexec), disarmed. -errno on failure.
+int clibaio_qos_timer_create(void);
+/// Arms it to fire once at `deadline_ns` on CLOCK_MONOTONIC (absolute). -errno on failure.
+int clibaio_qos_timer_arm(int fd, uint64_t deadline_ns);
+/// Disarms it. -errno on failure.
+int clibaio_qos_timer_disarm(int fd);
+
 // The vhost-user-blk front (its own header; SwiftPM uses this file as the umbrella).
 #include "CLibAIOVhost.h"
+// The NBD front's sockets (its own header too).
+#include "CLibAIONBD.h"
 
 #endif

@@ -130,6 +130,10 @@ final class ConnectionAdmission {
     /// The listener leaves epoll until `shouldResumeListening` says the back-off is over.
     func pauseListening(nowNanos: UInt64) { pausedSinceNanos = nowNanos }
 
+    /// Something here waits for time to pass (the back-off, a lingering refusal, the reserve fd
+    /// to reopen): the daemon keeps its timer armed meanwhile.
+    var needsTimer: Bool { pausedSinceNanos != nil || !lingering.isEmpty || reserve < 0 }
+
     /// At a timer tick: true when the listener was paused for at least 250 ms (it goes back into
     /// epoll; if fds are still short, the next accept starts a new back-off).
     func shouldResumeListening(nowNanos: UInt64) -> Bool {

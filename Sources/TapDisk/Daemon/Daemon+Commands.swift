@@ -37,6 +37,8 @@ extension Daemon {
                     connection,
                     ControlReply.ok(
                         fields: ["resubmitted": .integer(r.resubmitted), "failed": .integer(r.failed)], tag: tag))
+            case "set-limits":
+                reply(connection, ControlReply.ok(fields: try setLimits(request), tag: tag))
             case "subscribe":
                 connection.subscribed = true
                 reply(connection, ControlReply.ok(tag: tag))
@@ -67,6 +69,7 @@ extension Daemon {
                 "indirect-segments": .integer(RingLayout.maxIndirectSegments),
             ]),
             "max-ring-page-order": .integer(config.maxRingPageOrder),
+            "nbd": nbdInfo(),
             "state": .string(engine.state.name),
         ]
     }
@@ -91,7 +94,11 @@ extension Daemon {
             "held": .integer(engine.held),
             "attached": .bool(engine.isAttached),
             "front": engine.isAttached ? .string(engine.front.name) : .null,
+            "limits": .object(Self.limitsObject(engine.throttle.limits)),
+            "throttled": .bool(engine.isThrottled),
+            "limits-effective-us": limitsEffectiveMicroseconds.map { .uint($0) } ?? .null,
             "image-space": .object(space),
+            "nbd": nbdStatus(),
             "uptime-seconds": .double((uptimeSeconds * 1000).rounded() / 1000),
         ]
     }
@@ -117,6 +124,8 @@ extension Daemon {
             paused.set(reason.rawValue, .double(Double(ns / 1000) / 1e6))
         }
         counters.set("paused-seconds", .object(paused))
+        counters.set("throttled-seconds", .double(Double(engine.throttle.throttledNanos(now: now) / 1000) / 1e6))
+        counters.set("throttle-delayed-requests", .uint(engine.throttle.delayedRequests))
         return counters
     }
 
@@ -141,7 +150,7 @@ extension Daemon {
         _ request: ControlRequest, from connection: ControlConnection, fds: [Int32], controlTruncated: Bool
     ) throws(ControlError) {
         let parsed = try AttachRequest(request)
-        guard config.vhostUserSocketPath == nil else {
+        guard vhostListenerFD < 0 else {
             throw .busy("this daemon serves its disk to a vhost-user-blk front-end (--vhost-user-blk)")
         }
         guard !engine.isAttached else { throw .busy("a frontend is already attached") }

@@ -3,7 +3,8 @@ import Logging
 /// Noticing that the image changed size while served: the new size is what is served, and
 /// nothing beyond a shrunk end is ever written (docs/protocol.md §7, `image-resized`).
 extension Daemon {
-    /// Called from the 500 ms timer: compares the image's size with the served geometry. On a
+    /// Called when the image watch reports a change, and from the timer while it is quiet or
+    /// absent (Daemon+Wakeups.swift): compares the image's size with the served geometry. On a
     /// change the engine serves the new size (`Engine.updateGeometry`), `info` reports it, an
     /// `image-resized` event goes to subscribers and the log says so: a warning for a shrink,
     /// because data beyond the new end is gone and the guest may still think it is there.

@@ -98,7 +98,7 @@ extension Daemon {
             disconnectVhostUser(reason: "bad message: \(error)")
             return
         }
-        if engine.vhost.mustWaitForDrain(message) {
+        if engine.virtio.device.mustWaitForDrain(message) {
             loop.remove(fd)
             parkedVhostMessage = consume message
             engine.stopFront()
@@ -113,15 +113,17 @@ extension Daemon {
         guard let fd = vhostConnection?.rawValue else { return }
         let request = message.request
         loop.releaseKickWatch()
-        let starts = engine.vhost.queueStarts
+        let starts = engine.virtio.device.queueStarts
         do {
             if let reply = try engine.handleVhostMessage(message) {
-                try VhostUserReply.send(reply, on: fd, descriptor: engine.vhost.takeReplyDescriptor())
+                try VhostUserReply.send(reply, on: fd, descriptor: engine.virtio.device.takeReplyDescriptor())
             }
-            if engine.vhost.queueStarts != starts, engine.vhost.recoveredFromInflight > 0 {
+            if engine.virtio.device.queueStarts != starts, engine.virtio.device.recoveredFromInflight > 0 {
                 logger.info(
                     "vhost-user ring resumed with requests from the inflight region",
-                    metadata: ["resubmitted": "\(engine.vhost.recoveredFromInflight)", "image": "\(config.imagePath)"])
+                    metadata: [
+                        "resubmitted": "\(engine.virtio.device.recoveredFromInflight)", "image": "\(config.imagePath)",
+                    ])
             }
         } catch {
             disconnectVhostUser(reason: "\(request): \(error)")

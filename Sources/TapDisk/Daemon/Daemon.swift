@@ -5,9 +5,11 @@ import Logging
 /// The per-disk daemon: one thread, one epoll, serving one image to at most one frontend.
 ///
 /// Every source the disk reacts to (the kick eventfd, the AIO completion eventfd, the control
-/// socket and its connections, a 500 ms timer, signals) is a token in one epoll set, and each
-/// wakeup runs to completion before the next sleep. Control commands therefore see the engine
-/// between requests, never in the middle of one, and no lock exists anywhere.
+/// socket and its connections, the image watch, a deadline timer, signals) is a token in one
+/// epoll set, and each wakeup runs to completion before the next sleep. Control commands
+/// therefore see the engine between requests, never in the middle of one, and no lock exists
+/// anywhere. The timer is armed only while something is due without an fd saying so
+/// (Daemon+Wakeups.swift): an idle daemon sleeps until something needs it.
 package final class Daemon: DiskLoopHost {
     package struct StartError: Error, CustomStringConvertible {
         package var description: String
@@ -20,6 +22,8 @@ package final class Daemon: DiskLoopHost {
         static let signals: UInt64 = DiskLoop.Token.firstHostToken + 2
         static let vhostListener: UInt64 = DiskLoop.Token.firstHostToken + 3
         static let vhostConnection: UInt64 = DiskLoop.Token.firstHostToken + 4
+        static let imageWatch: UInt64 = DiskLoop.Token.firstHostToken + 5
+        static let nbdListener: UInt64 = DiskLoop.Token.firstHostToken + 6
         static let firstConnection: UInt64 = 100
     }
 
@@ -34,7 +38,7 @@ package final class Daemon: DiskLoopHost {
     private var ownedSocketPath: String? { ownedSocket?.path }
     let timer: FileDescriptor
     let signals: FileDescriptor
-    private let notifier = SystemdNotifier()
+    let notifier = SystemdNotifier()
     private let startNanos = MonotonicClock.nanoseconds()
 
     var connections: [UInt64: ControlConnection] = [:]
@@ -53,10 +57,31 @@ package final class Daemon: DiskLoopHost {
     private let vhostSocket: SocketFile?
     var vhostConnection: FileDescriptor? = nil
     var parkedVhostMessage: VhostUserMessage? = nil
+    /// `--nbd` (or an activated listener named `nbd`): the listener, the transmission phase
+    /// (allocated once: it outlives NBD attaches), and the clients still in their handshake
+    /// (Daemon+NBD.swift).
+    let nbdListenerFD: Int32
+    let nbd: NBDTransmission?
+    var nbdHandshakes: [Int32: NBDHandshakeClient] = [:]
+    var nbdConnectionOfFD: [Int32: Int] = [:]
     private var rateLimiter = IOErrorRateLimiter()
-    private var lowSpaceArmed = true
-    private var lastWatchdogNanos: UInt64 = 0
-    private var lastStatusNanos: UInt64 = 0
+    var lowSpaceArmed = true
+    /// inotify (a file) or uevents (a block device) for size changes; nil: the size is polled.
+    let imageWatch: ImageWatch?
+    /// Set while the image watch is out of epoll after an event (a quiet window, so a stream of
+    /// DISCARDs or another process's writes wakes the daemon at most every 250 ms for it).
+    var imageWatchQuietUntilNanos: UInt64? = nil
+    /// The absolute time the one-shot timer is armed for (0: disarmed).
+    var armedDeadlineNanos: UInt64 = 0
+    var lastPeriodicNanos: UInt64 = 0
+    var lastWatchdogNanos: UInt64 = 0
+    /// Half of systemd's `WATCHDOG_USEC`, read once (nil: no watchdog).
+    let watchdogPingNanos: UInt64?
+    /// Under systemd (`NOTIFY_SOCKET`): the status line is worth refreshing.
+    let notifiesSystemd: Bool
+    var lastStatusNanos: UInt64 = 0
+    /// The counters the last status line showed: refreshed only when they moved.
+    var statusCounters: (responses: UInt64, inFlight: UInt64, held: UInt64) = (0, 0, 0)
     /// Allocated last in `init`, after everything that can throw: a class whose init throws
     /// before every property is set never runs `deinit`, so an earlier allocation would leak on
     /// every failed start (LeakSanitizer found it: scripts/test.sh --sanitize address).
@@ -72,14 +97,20 @@ package final class Daemon: DiskLoopHost {
         let files = ConnectionAdmission.raiseFileLimit()
         logger.debug("file descriptor limit", metadata: ["soft": "\(files.soft)", "hard": "\(files.hard)"])
         admission = ConnectionAdmission(limit: config.maxControlConnections)
-        let activated = SystemdNotifier.activatedSocket(fd: 3, environment: SystemdNotifier.processEnvironment) != nil
-        if !activated {
+        let activated =
+            SystemdNotifier.activatedSockets(firstFD: 3, environment: SystemdNotifier.processEnvironment)
+            ?? SystemdNotifier.ActivatedSockets()
+        if activated.control == nil {
             guard let path = config.socketPath else {
                 throw StartError(description: "--socket PATH is required (or start under systemd socket activation)")
             }
             _ = try SocketFile.check(path)
         }
-        if let vhost = config.vhostUserSocketPath { _ = try Self.checkVhostUserPath(vhost) }
+        if activated.vhostUser == nil, let vhost = config.vhostUserSocketPath { _ = try Self.checkVhostUserPath(vhost) }
+        watchdogPingNanos = notifier.watchdogInterval.map {
+            UInt64($0.components.seconds) * 500_000_000 + UInt64($0.components.attoseconds / 2_000_000_000)
+        }
+        notifiesSystemd = getenv("NOTIFY_SOCKET") != nil
         let image: Image
         do {
             image = try Image(path: config.imagePath, cache: config.cache, readOnly: config.readOnly)
@@ -92,10 +123,21 @@ package final class Daemon: DiskLoopHost {
             let events = Int(RingLayout.entries(pageOrder: config.maxRingPageOrder))
             throw StartError(description: AIOLimit.setupFailure(error, events: events, limit: AIOLimit.current()))
         }
+        do throws(Errno) {
+            imageWatch = try ImageWatch(image: engine.image)
+        } catch {
+            imageWatch = nil
+            logger.warning(
+                "the image's size is polled every 500 ms",
+                metadata: [
+                    "image": "\(config.imagePath)",
+                    "reason": "\(ImageWatch.fallbackReason(error, isBlockDevice: engine.geometry.isBlockDevice))",
+                ])
+        }
         do {
             loop = try DiskLoop(engine: engine)
             loop.pollNanos = config.pollMicroseconds * 1000
-            timer = FileDescriptor(adopting: try Errno.check(clibaio_timerfd_periodic(500)))
+            timer = FileDescriptor(adopting: try Errno.check(clibaio_timerfd_oneshot()))
             var sigs: [Int32] = [SIGTERM, SIGINT]
             signals = FileDescriptor(adopting: try Errno.check(clibaio_signalfd(&sigs, 2)))
         } catch {
@@ -125,7 +167,8 @@ package final class Daemon: DiskLoopHost {
             }
         }
         signal(SIGPIPE, SIG_IGN)
-        if activated, let fd = SystemdNotifier.listenedSocket() {
+        let listened = SystemdNotifier.listenedSockets()
+        if let fd = listened?.control {
             listener = FileDescriptor(adopting: fd)
             ownedSocket = nil
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -136,7 +179,13 @@ package final class Daemon: DiskLoopHost {
             listener = try Self.listen(at: path)
             ownedSocket = SocketFile(boundAt: path)
         }
-        if let path = config.vhostUserSocketPath {
+        if let fd = listened?.vhostUser {
+            // The supervisor's listener: the socket file is its to keep across restarts.
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            vhostListenerFD = fd
+            vhostListener = FileDescriptor(adopting: fd)
+            vhostSocket = nil
+        } else if let path = config.vhostUserSocketPath {
             let fd: FileDescriptor
             do throws(StartError) {
                 fd = try Self.listenVhostUser(at: path)
@@ -152,16 +201,28 @@ package final class Daemon: DiskLoopHost {
             vhostListenerFD = -1
             vhostSocket = nil
         }
+        do throws(StartError) {
+            let opened = try Self.openNBD(config: config, engine: engine, activated: listened?.nbd)
+            nbd = opened.transmission
+            nbdListenerFD = opened.listener
+        } catch {
+            ownedSocket?.removeIfStillOurs()
+            vhostSocket?.removeIfStillOurs()
+            throw error
+        }
         do {
+            if nbdListenerFD >= 0 { try loop.add(nbdListenerFD, token: Token.nbdListener) }
             try loop.add(listener.rawValue, token: Token.listener)
             try loop.add(timer.rawValue, token: Token.timer)
             try loop.add(signals.rawValue, token: Token.signals)
             if vhostListenerFD >= 0 { try loop.add(vhostListenerFD, token: Token.vhostListener) }
+            if let imageWatch { try loop.add(imageWatch.fd.rawValue, token: Token.imageWatch) }
         } catch {
             ownedSocket?.removeIfStillOurs()
             vhostSocket?.removeIfStillOurs()
             throw StartError(description: "epoll: \(error)")
         }
+        engine.setLimits(config.limits)
         receiveBuffer = .allocate(byteCount: ControlRequest.maxDatagramSize + 1, alignment: 8)
         engine.onEvent = { [unowned self] event in self.engineEvent(event) }
     }
@@ -189,8 +250,10 @@ package final class Daemon: DiskLoopHost {
             metadata: [
                 "image": "\(config.imagePath)", "socket": "\(ownedSocketPath ?? "(socket activation)")",
                 "sectors": "\(engine.image.geometry.sectors)", "cache": "\(config.cache.rawValue)",
-                "vhost-user-blk": "\(config.vhostUserSocketPath ?? "none")",
+                "vhost-user-blk": "\(vhostListenerFD < 0 ? "none" : vhostSocket?.path ?? "(socket activation)")",
+                "nbd": "\(nbd == nil ? "none" : config.nbdAddress?.description ?? "activated")",
             ])
+        armTimer()
         while !(terminating && !engine.isAttached) {
             loop.step(self)
         }
@@ -211,9 +274,13 @@ package final class Daemon: DiskLoopHost {
         case Token.listener: acceptConnections()
         case Token.vhostListener: acceptVhostUser()
         case Token.vhostConnection: readVhostUser()
+        case Token.imageWatch: imageWatchFired()
+        case Token.nbdListener: acceptNBD()
+        case let token where token & Self.nbdSocketTokenBit != 0: dispatchNBD(ready)
         case Token.timer:
             var expirations: UInt64 = 0
             _ = read(timer.rawValue, &expirations, 8)
+            armedDeadlineNanos = 0
             periodic()
         case Token.signals:
             while true {
@@ -239,15 +306,16 @@ package final class Daemon: DiskLoopHost {
     /// Sending an owed reply resumes reading that connection, which may leave a new owed reply
     /// whose condition already holds (a client answering `pause` with `resume`, `pause`, or
     /// `detach` at once): settling repeats until nothing changes. The connection no longer
-    /// watches EPOLLIN then, so nothing else would wake the loop for it before the next timer
-    /// tick. A client that keeps this going past the round limit gets its reply on the next
+    /// watches EPOLLIN then, so nothing else would wake the loop for it. A client that keeps this going past the round limit gets its reply on the next
     /// (zero-timeout) iteration, so other fds are not starved: the return value tells the loop.
     package func finishWakeup() -> Bool {
         for _ in 0..<8 where answerOwedReplies() {}
         if vhostListenerFD >= 0 { settleVhostUser() }
+        settleNBD()
         for (token, connection) in connections where connection.isClosed {
             closeConnection(token)
         }
+        armTimer()
         return owedRepliesAreDue
     }
 
@@ -257,57 +325,9 @@ package final class Daemon: DiskLoopHost {
             terminating = true
             _ = try? notifier.stopping()
         }
+        if nbdListenerFD >= 0 { loop.remove(nbdListenerFD) }
+        terminateNBD()
         if engine.isAttached && engine.state != .closing { engine.beginDetach() }
-    }
-
-    /// The 500 ms timer: pause timeout and auto-resume, image size, listener back-off,
-    /// low-space, watchdog, status.
-    func periodic() {
-        let now = MonotonicClock.nanoseconds()
-        engine.tick(nowNanos: now)
-        checkImageSize()
-        if admission.shouldResumeListening(nowNanos: now) {
-            try? loop.add(listener.rawValue, token: Token.listener)
-        }
-        checkLowSpace()
-        if let interval = notifier.watchdogInterval {
-            let half =
-                UInt64(interval.components.seconds) * 500_000_000
-                + UInt64(interval.components.attoseconds / 2_000_000_000)
-            if now &- lastWatchdogNanos >= half {
-                lastWatchdogNanos = now
-                _ = try? notifier.watchdogPing()
-            }
-        }
-        if now &- lastStatusNanos >= 5_000_000_000 { sendStatus() }
-    }
-
-    private func checkLowSpace() {
-        guard let threshold = config.lowSpaceThreshold, let space = engine.image.filesystemSpace() else { return }
-        let limit = threshold.thresholdBytes(filesystemSizeBytes: space.totalBytes)
-        if space.freeBytes < limit {
-            if lowSpaceArmed {
-                lowSpaceArmed = false
-                logger.warning(
-                    "low space",
-                    metadata: [
-                        "image": "\(config.imagePath)", "fs-free-bytes": "\(space.freeBytes)",
-                        "threshold-bytes": "\(limit)",
-                    ])
-                broadcast(
-                    event: "low-space", ["fs-free-bytes": .uint(space.freeBytes), "threshold-bytes": .uint(limit)])
-            }
-        } else if space.freeBytes > limit {
-            lowSpaceArmed = true
-        }
-    }
-
-    private func sendStatus() {
-        lastStatusNanos = MonotonicClock.nanoseconds()
-        let c = engine.counters
-        let text =
-            "state=\(engine.state.name)\(engine.state.reason.map { "(\($0))" } ?? "") io-status=\(engine.ioStatus.rawValue) in-flight=\(c.inFlight) held=\(c.held) ok=\(c.responsesOkay) error=\(c.responsesError)"
-        _ = try? notifier.status(text)
     }
 
     // MARK: - Engine events → subscribers and the log

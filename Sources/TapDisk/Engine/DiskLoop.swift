@@ -21,7 +21,9 @@ package final class DiskLoop {
     package enum Token {
         package static let completions: UInt64 = 1
         package static let kick: UInt64 = 2
-        package static let firstHostToken: UInt64 = 3
+        /// The engine's QoS timer (armed only while a limit holds consumption back).
+        package static let throttle: UInt64 = 3
+        package static let firstHostToken: UInt64 = 4
     }
 
     package let engine: Engine
@@ -44,6 +46,7 @@ package final class DiskLoop {
         self.engine = engine
         poller = try Poller()
         try poller.add(engine.completionFD, token: Token.completions)
+        try poller.add(engine.throttleTimerFD, token: Token.throttle)
     }
 
     /// Adds a host source under a host token (≥ `Token.firstHostToken`).
@@ -86,6 +89,9 @@ package final class DiskLoop {
             case Token.kick:
                 engine.drainKickSignal()
                 engineReady = true
+            case Token.throttle:
+                engine.drainThrottleTimer()
+                engineReady = true
             default: continue
             }
         }
@@ -100,7 +106,7 @@ package final class DiskLoop {
         var hostReady = false
         for i in 0..<count {
             let ready = poller.ready(at: i)
-            if ready.token == Token.completions || ready.token == Token.kick { continue }
+            if ready.token < Token.firstHostToken { continue }
             host.dispatch(ready)
             hostReady = true
         }

@@ -1,7 +1,6 @@
 /// What the engine does for a request, whichever front it came from: the blkif ring's operations
 /// and virtio-blk's types both map onto these, so the I/O core decides on these and not on
-/// either front's opcodes. (It is not free of wire formats yet: a record keeps the blkif
-/// operation byte to echo, and `Engine.finish` takes a `BlkifStatus`.)
+/// any front's opcodes; what a front must echo lives in the record's front-private `tag`.
 package enum DiskOperation: UInt8, Sendable {
     case read
     case write

@@ -1,38 +1,14 @@
 import CLibAIO
 import Glibc
 
-/// Attach and detach, operator pause and resume, the periodic tick, and the state machine: what
-/// control commands and the timer do to a disk, between requests.
+/// Detach (each front attaches in its own folder), operator pause and resume, the periodic tick,
+/// and the state machine: what control commands and the timer do to a disk, between requests.
 extension Engine {
     package enum AttachError: Error, Equatable {
         case alreadyAttached
         case ringOrderTooLarge
         /// `req_prod - rsp_prod > ring-entries` at attach (§3).
         case ringState
-    }
-
-    /// Takes over a prepared ring and serves what is already published (§3).
-    package func attach(_ newAttachment: consuming RingAttachment) throws(AttachError) {
-        guard !isAttached else { throw .alreadyAttached }
-        guard newAttachment.pageOrder <= maxRingPageOrder else { throw .ringOrderTooLarge }
-        let base = newAttachment.mapping.base
-        let newRing = BackendRing(base: base, pageOrder: newAttachment.pageOrder)
-        if newRing.header.reqProd &- newRing.header.rspProd > newRing.entries { throw .ringState }
-        ring = newRing
-        validator = RequestValidator(
-            dataPages: UInt32(newAttachment.dataPages), geometry: geometry, readOnly: image.readOnly)
-        dataBase = base + (1 << newAttachment.pageOrder) * RingLayout.pageSize
-        notifyFD = newAttachment.notify.rawValue
-        kickFD = newAttachment.kick.rawValue
-        table = RequestTable(capacity: Int(newRing.entries))
-        front = .blkif
-        frontStopped = false
-        isAttached = true
-        attachGeneration &+= 1
-        attachment = consume newAttachment
-        barrierIndex = nil
-        setState(.running)
-        service()
     }
 
     /// Starts a detach or a disconnect: stop consuming, answer held requests ERROR (§6.4). The
@@ -49,19 +25,19 @@ extension Engine {
     package func finishDetach() -> UInt32 {
         precondition(isDrained, "unmapping with I/O in flight")
         pushResponses()
-        let reqCons = front == .blkif ? ring.reqCons : 0
+        // The detach switch: each front drops its own state and says what `req-cons` to report.
+        let reqCons: UInt32 =
+            switch front {
+            case .blkif: detachRing()
+            case .virtio: detachVirtqueue()
+            case .nbd: detachNBD()
+            case .none: 0
+            }
         table = RequestTable(capacity: 0)
         isAttached = false
-        attachment = nil
-        ring = .detached
-        if front == .virtio {
-            // Drops the eventfds, the queue and then guest memory: nothing points into it now.
-            vhost = VhostUserDevice(configuration: vhost.configuration)
-        }
         front = .none
         frontStopped = false
         releaseBounceBuffer()
-        notifyFD = -1
         kickFD = -1
         barrierIndex = nil
         submitBackoff = false
@@ -135,6 +111,21 @@ extension Engine {
         if now > baseline &+ heldWriteBytes() { _ = resume(failHeld: false) }
     }
 
+    /// When `tick` must run next (CLOCK_MONOTONIC ns), or nil when it has nothing to do: the
+    /// daemon arms its timer only for this, so a disk not in a pause that `tick` can end sleeps.
+    /// A `nospace` pause of a file image samples free space every `interval` after
+    /// `lastTickNanos` (nothing notifies of space someone else freed); the timeout is a deadline.
+    package func nextTickNanos(after lastTickNanos: UInt64, interval: UInt64) -> UInt64? {
+        guard case .paused(let reason) = state, reason != .operatorRequest, !operatorHold else { return nil }
+        var next = UInt64.max
+        let timeout = policy.pauseTimeoutSeconds
+        if timeout > 0, timeout <= (UInt64.max - pauseStartedNanos) / 1_000_000_000 {
+            next = pauseStartedNanos + timeout * 1_000_000_000
+        }
+        if reason == .nospace && !image.geometry.isBlockDevice { next = min(next, lastTickNanos &+ interval) }
+        return next == .max ? nil : next
+    }
+
     /// Lowers the auto-resume baseline to `freeBytes` if that is lower; returns the baseline.
     @discardableResult
     func lowerPauseBaseline(to freeBytes: UInt64) -> UInt64 {
@@ -174,11 +165,12 @@ extension Engine {
         onEvent(.stateChanged(.halted))
     }
 
-    /// Answers every held request ERROR without a new attempt (counts only in responses-error).
+    /// Answers every held request ERROR, with the errno that held it, without a new attempt
+    /// (counts only in responses-error).
     @discardableResult
     func failAllHeld() -> Int {
         let held = heldInConsumptionOrder()
-        for index in held { finish(index, .error) }
+        for index in held { finish(index, .error(table.records[index].heldErrno)) }
         return held.count
     }
 

@@ -7,9 +7,9 @@ extension Engine {
     /// were checked against the old size and finish as the kernel lets them.
     package func updateGeometry(sectors: UInt64) {
         geometry.sectors = sectors
-        validator.sectors = sectors
-        // A virtio guest is not told (no config-change notification), but after a shrink its
-        // requests beyond the new end are refused IOERR here, as the ring's are.
-        virtioDisk.capacitySectors = sectors
+        // Each front that keeps its own bound for validation takes the new size (one line per
+        // front; a front that judges requests against `geometry` needs none).
+        blkif.updateGeometry(sectors: sectors)
+        virtio.updateGeometry(sectors: sectors)
     }
 }

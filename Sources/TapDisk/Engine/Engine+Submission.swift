@@ -141,7 +141,7 @@ extension Engine {
             record.pointee.transferred = 0
             prepareSync(index)
         default:
-            finish(index, .okay)
+            finish(index, .ok)
         }
     }
 
@@ -154,7 +154,7 @@ extension Engine {
             prepareData(index)
             return
         }
-        finish(index, .okay)
+        finish(index, .ok)
     }
 
     func syncFailure(_ index: Int, _ errno: Errno) {
@@ -165,7 +165,7 @@ extension Engine {
         if errno.isNoSpace { counters.nospaceErrors += 1 }
         let r = table.records[index]
         onEvent(.ioError(operation: "flush", errno: errno, action: .report, sector: r.dataBytes > 0 ? r.sector : 0))
-        finish(index, .error)
+        finish(index, .error(errno.rawValue))
     }
 
     /// A FLUSH or BARRIER after a failed sync: nothing can make it true any more (§5.3).
@@ -177,7 +177,7 @@ extension Engine {
             .ioError(
                 operation: "flush", errno: Errno(rawValue: EIO), action: .report, sector: r.dataBytes > 0 ? r.sector : 0
             ))
-        finish(index, .error)
+        finish(index, .error(EIO))
     }
 
     /// The single decision point for a failed data transfer: count it, raise `io-error`, then
@@ -202,6 +202,7 @@ extension Engine {
         onEvent(.ioError(operation: op.eventName, errno: errno, action: action, sector: record.pointee.sector))
         if action == .pause {
             record.pointee.phase = .held
+            record.pointee.heldErrno = errno.rawValue
             counters.inFlight -= 1
             counters.held += 1
             if state == .running {
@@ -211,7 +212,7 @@ extension Engine {
                 lowerPauseBaseline(to: free)
             }
         } else {
-            finish(index, .error)
+            finish(index, .error(errno.rawValue))
         }
     }
 
@@ -236,7 +237,7 @@ extension Engine {
         table.records[index].phase = .submitted
         guard let error else {
             counters.discardBytes += UInt64(length)
-            finish(index, .okay)
+            finish(index, .ok)
             return
         }
         if error.rawValue == EOPNOTSUPP {

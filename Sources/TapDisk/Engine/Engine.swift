@@ -1,14 +1,17 @@
 import CLibAIO
 import Glibc
 
-/// One disk's data path: front (blkif ring or virtqueue) → validation → Linux AIO → response.
+/// One disk's data path: front → validation → Linux AIO → `finish` → the front's answer.
 ///
 /// Single-threaded by design: the disk's `DiskLoop` calls `service` after a wakeup on the engine's
 /// own fds (kick, completions) or while it owes work, the daemon's timer calls `tick`, and control
 /// commands run between those calls on the same thread, so no state here is ever shared or
-/// locked. Every response is written by `answer` (a blkif slot) or `answerHead` (a virtqueue
-/// head), and every failure of a READ/WRITE/DISCARD goes through `applyFailurePolicy`, the one
-/// place the `report`/`pause` policy decides.
+/// locked. Every failure of a READ/WRITE/DISCARD goes through `applyFailurePolicy`, the one place
+/// the `report`/`pause` policy decides, and every record ends in `finish` with a `Completion`.
+///
+/// The core is front-neutral: it names no front's types on the request path. Each front keeps
+/// its state in one stored struct (`blkif`, `virtio`) and its code in its own folder; the core
+/// reaches a front only through the switches on `front` listed in EngineFront.swift.
 package final class Engine {
     package let image: Image
     package let policy: FailurePolicy
@@ -30,7 +33,6 @@ package final class Engine {
     package var onEvent: (EngineEvent) -> Void = { _ in }
 
     @exclusivity(unchecked) var aio: AIOContext
-    var attachment: RingAttachment? = nil
     @exclusivity(unchecked) var table = RequestTable(capacity: 0)
     @exclusivity(unchecked) package internal(set) var isAttached = false
     /// Where requests come from: set by `attach` (blkif) or `attachVirtio`, `.none` when idle.
@@ -38,35 +40,25 @@ package final class Engine {
     /// The front must not be read (a vhost-user message that stops the ring waits for the
     /// drain): consumption stops, I/O in flight goes on.
     @exclusivity(unchecked) package internal(set) var frontStopped = false
-    @exclusivity(unchecked) var ring = BackendRing.detached
-    /// The disk as virtio-blk requests are judged against it (set at `attachVirtio`).
-    @exclusivity(unchecked) var virtioDisk = VirtioBlkDisk(
-        capacitySectors: 0, blockSize: 512, readOnly: true, discard: false, maxDiscardSectors: 0,
-        maxWriteZeroesSectors: 0)
-    /// iovecs one chain may fill (kept here: reading `vhost.configuration` per pop would copy
-    /// its serial array, ARC traffic on the request path).
-    @exclusivity(unchecked) var virtioSegments = 0
+    /// The blkif front's state (Blkif/BlkifFront.swift); empty unless `front == .blkif`.
+    @exclusivity(unchecked) var blkif = BlkifFront()
+    /// The vhost-user-blk front's state (Virtio/VirtioFront.swift).
+    @exclusivity(unchecked) var virtio = VirtioFront()
+    /// The NBD front's state (NBD/NBDFront.swift); empty unless `front == .nbd`.
+    @exclusivity(unchecked) var nbd = NBDFront()
     /// Bytes moved through the bounce buffer in this `service()`; past `bounceBytesPerService`
     /// the loop gets its turn (bounced I/O is synchronous: control, signals and vhost-user
     /// messages must not wait behind a guest that sends nothing but misaligned buffers).
     @exclusivity(unchecked) var bouncedBytesThisService = 0
     static let bounceBytesPerService = 8 << 20
-    /// The virtqueue that halted the disk (`VhostUserDevice.queueStarts` then), or nil.
-    var brokenQueueStart: UInt64? = nil
     /// Guest buffers must be aligned to this for `O_DIRECT` (0: the image is not opened
     /// `O_DIRECT`, anything goes); misaligned ones are bounced (Engine+Bounce.swift).
     @exclusivity(unchecked) var bounceAlignment = 0
     /// Allocated at the first misaligned request of an attachment, freed at detach.
     var bounceBuffer: UnsafeMutableRawPointer? = nil
     var bounceCapacity = 0
-    /// The vhost-user-blk device (the virtio front's control plane and virtqueue).
-    @exclusivity(unchecked) package internal(set) var vhost = VhostUserDevice(
-        configuration: VhostUserDeviceConfiguration(capacitySectors: 0, blockSize: 512, readOnly: true))
-    /// Internal (not private) so `Engine+Resize.swift` can bound it by a new size.
-    @exclusivity(unchecked) var validator = RequestValidator(
-        dataPages: 0, sectors: 0, blockSectors: 1, readOnly: true, discardSupported: false)
-    @exclusivity(unchecked) var dataBase = UnsafeMutableRawPointer(bitPattern: 0x1000)!
-    @exclusivity(unchecked) var notifyFD: Int32 = -1
+    /// The front's kick eventfd (the ring's, or the virtqueue's from SET_VRING_KICK), -1 if none:
+    /// the event loop watches it whichever front set it.
     @exclusivity(unchecked) package internal(set) var kickFD: Int32 = -1
     /// Counts attaches, so the event loop can tell a new kick eventfd from an old one that had
     /// the same fd number (closed on detach, reused by the next attach).
@@ -92,6 +84,12 @@ package final class Engine {
     var pauseFreeBytes: UInt64? = nil
     /// An operator `pause` arrived during a `nospace`/`io-error` pause: only `resume` ends it.
     var operatorHold = false
+    /// The QoS limits and their buckets (Engine+Throttle.swift), checked in `canConsume`.
+    @exclusivity(unchecked) package internal(set) var throttle = Throttle()
+    /// Wakes the loop when a limit lets consumption go on; armed only while one holds it back.
+    let throttleTimer: FileDescriptor
+    /// What `throttleTimer` is armed for (0: disarmed).
+    @exclusivity(unchecked) var throttleDeadline: UInt64 = 0
 
     package init(image: consuming Image, policy: FailurePolicy = FailurePolicy(), maxRingPageOrder: Int = 4)
         throws(Errno)
@@ -102,6 +100,7 @@ package final class Engine {
         let most = Int(RingLayout.entries(pageOrder: maxRingPageOrder))
         submittedAt = .allocate(capacity: most)
         submittedAt.initialize(repeating: 0, count: most)
+        throttleTimer = FileDescriptor(adopting: try Errno.check(clibaio_qos_timer_create()))
         geometry = image.geometry
         self.image = image
         self.policy = policy
@@ -123,8 +122,6 @@ package final class Engine {
     /// Requests consumed and neither answered nor held (queued, submitted or waiting on a barrier).
     package var inFlight: Int { Int(counters.inFlight) }
     package var held: Int { Int(counters.held) }
-    package var ringEntries: UInt32 { isAttached ? ring.entries : 0 }
-    package var requestConsumerIndex: UInt32 { ring.reqCons }
     /// No I/O is queued or in the kernel: what an operator `pause` waits for. Held requests wait
     /// for a decision, not for I/O, and so does a BARRIER that waits for them.
     package var isQuiescent: Bool {
@@ -202,14 +199,19 @@ package final class Engine {
         return true
     }
 
-    var canConsume: Bool { state == .running && barrierIndex == nil && !frontStopped }
+    /// The one consumption gate of every front. Its last term is the QoS check
+    /// (Engine+Throttle.swift): false while a limit holds the next request back.
+    var canConsume: Bool {
+        state == .running && barrierIndex == nil && !frontStopped && (!throttle.isEnabled || admitUnderLimits())
+    }
 
-    // MARK: - The front: three of the four switches on which one it is (`finish` has the fourth)
+    // MARK: - The front: four of the five switches on which one it is (EngineFront.swift)
 
     func consumeRequests() {
         switch front {
         case .blkif: consumeRing()
         case .virtio: consumeVirtqueue()
+        case .nbd: consumeNBD()
         case .none: break
         }
     }
@@ -219,8 +221,9 @@ package final class Engine {
     @inline(__always)
     func frontHasRequests(arm: Bool) -> Bool {
         switch front {
-        case .blkif: arm ? ring.finalCheckForRequests() : ring.hasUnconsumedRequests
-        case .virtio: arm ? vhost.enableNotifications() : vhost.hasAvailable
+        case .blkif: ringHasRequests(arm: arm)
+        case .virtio: virtqueueHasRequests(arm: arm)
+        case .nbd: nbdHasRequests
         case .none: false
         }
     }
@@ -228,7 +231,8 @@ package final class Engine {
     func pushResponses() {
         switch front {
         case .blkif: pushRing()
-        case .virtio: vhost.notifyIfNeeded()
+        case .virtio: notifyVirtqueue()
+        case .nbd: pushNBD()
         case .none: break
         }
     }
@@ -248,10 +252,12 @@ package final class Engine {
         }
     }
 
+    /// Counts one answer by its status, whichever front sent it and whether or not a record
+    /// carried it (a front's rejections are answered and counted without one).
     @inline(__always)
-    func countResponse(_ status: BlkifStatus) {
+    func countResponse(_ status: Completion.Status) {
         switch status {
-        case .okay: counters.responsesOkay += 1
+        case .ok: counters.responsesOkay += 1
         case .error: counters.responsesError += 1
         case .notSupported: counters.responsesNotSupported += 1
         }
@@ -281,6 +287,7 @@ package final class Engine {
         r.phase = .queued
         nextSequence &+= 1
         table.records[index] = r
+        if throttle.isEnabled { chargeLimits(r) }
         if r.operation == .barrier {
             table.records[index].phase = .waitingForBarrier
             barrierIndex = index
@@ -295,14 +302,14 @@ package final class Engine {
         let record = table.records + index
         record.pointee.transferred = 0
         // A held request resubmitted after the image shrank was validated against the old size:
-        // answer it ERROR rather than let the write extend the file again.
+        // answer it ERROR (EINVAL: see `Completion`) rather than let the write extend the file again.
         let sectors =
             record.pointee.operation.isRangeOperation
             ? record.pointee.rangeSectors : UInt64(record.pointee.dataBytes / 512)
         if sectors > 0
             && (record.pointee.sector > geometry.sectors || sectors > geometry.sectors - record.pointee.sector)
         {
-            finish(index, .error)
+            finish(index, .error(EINVAL))
             return
         }
         switch record.pointee.operation {
@@ -343,7 +350,8 @@ package final class Engine {
 
     /// Answers a record and frees it: the response builder's one entry for records, whichever
     /// front wrote them. Every answer is timed, errors too: a guest waited for it as for any.
-    func finish(_ index: Int, _ status: BlkifStatus) {
+    /// The front translates `completion` into what its wire can say (the fifth switch).
+    func finish(_ index: Int, _ completion: Completion) {
         let record = table.records + index
         let now = reapedAt != 0 ? reapedAt : MonotonicClock.nanoseconds()
         let consumed = record.pointee.consumedAt
@@ -357,8 +365,9 @@ package final class Engine {
         }
         if barrierIndex == index { barrierIndex = nil }
         switch front {
-        case .blkif: answer(id: record.pointee.id, operation: record.pointee.operationByte, status: status)
-        case .virtio: answerChain(record.pointee, status: status)
+        case .blkif: answerRing(record.pointee, completion)
+        case .virtio: answerChain(record.pointee, completion)
+        case .nbd: answerNBD(record.pointee, completion)
         case .none: preconditionFailure("a record outlived its front")
         }
         table.release(index)

@@ -19,10 +19,14 @@ struct RequestRecord {
         case sync
     }
 
-    /// The front's name for the request: the blkif id, or the virtqueue head.
+    /// The front's name for the request, echoed in its answer: the blkif id, the virtqueue head,
+    /// the NBD cookie. The core never reads it.
     var id: UInt64 = 0
-    /// blkif: the operation byte exactly as read, echoed in the response.
-    var operationByte: UInt8 = 0
+    /// Front-private, never read by the core: what the front needs at `finish` to answer, beyond
+    /// `id`. blkif: the operation byte to echo (the `indirect_op` for INDIRECT); virtio: the
+    /// address of the chain's status byte in guest memory (0: the chain has none); NBD: its
+    /// connection slot and reply flags.
+    var tag: UInt64 = 0
     var operation: DiskOperation = .read
     var sector: UInt64 = 0
     /// Data iovecs in `RequestTable.sources` at this record's index.
@@ -30,8 +34,6 @@ struct RequestRecord {
     var dataBytes: Int = 0
     /// DISCARD / WRITE_ZEROES: the sectors of the range.
     var rangeSectors: UInt64 = 0
-    /// virtio: the chain's status byte in guest memory (nil for blkif).
-    var status: UnsafeMutablePointer<UInt8>? = nil
     /// The data cannot go to `O_DIRECT` as it lies (a guest buffer not aligned to the sector
     /// size): it moves through the engine's bounce buffer instead (Engine+Bounce.swift).
     var bounced = false
@@ -40,6 +42,9 @@ struct RequestRecord {
     /// When it was consumed (`MonotonicClock`): the start of its latency (`LatencyHistograms`).
     var consumedAt: UInt64 = 0
     var phase: Phase = .free
+    /// The errno that put it on hold (`phase == .held`): its answer when it is failed later
+    /// (timeout, `fail-held`, detach) rather than resubmitted.
+    var heldErrno: Int32 = 0
     var stage: Stage = .data
     /// Bytes of the data stage already transferred (short completions resume from here).
     var transferred: Int = 0

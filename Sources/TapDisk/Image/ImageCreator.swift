@@ -42,7 +42,11 @@ package enum ImageCreator {
     /// - Throws: `CreationError` with `EINVAL` for a size that is zero or not a multiple of 512,
     ///   `EFBIG` for a size beyond `off_t`, `EEXIST` when `path` exists, otherwise the errno of the
     ///   failing call (`ENOSPC`, `EDQUOT`, `EIO`, ...); in those cases the file has been removed.
-    package static func create(path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(CreationError) {
+    /// - Parameter progress: called with the bytes written so far after each chunk of a `full`
+    ///   preallocation (which can take minutes); the final `fsync` follows the last call.
+    package static func create(
+        path: String, sizeBytes: UInt64, preallocation: Preallocation, progress: ((UInt64) -> Void)? = nil
+    ) throws(CreationError) {
         try validate(sizeBytes: sizeBytes)
 
         // O_RDWR, not O_WRONLY: glibc's posix_fallocate emulation (filesystems without
@@ -59,7 +63,7 @@ package enum ImageCreator {
         }
 
         do throws(CreationError) {
-            try fill(fd: fd, path: path, sizeBytes: sizeBytes, preallocation: preallocation)
+            try fill(fd: fd, path: path, sizeBytes: sizeBytes, preallocation: preallocation, progress: progress)
             if fsync(fd) != 0 {
                 let e = Errno.current
                 throw CreationError(errno: e, message: "cannot fsync \(path): \(e)")
@@ -97,11 +101,14 @@ package enum ImageCreator {
                 message: "invalid size \(sizeBytes): must be a multiple of 512 bytes (the sector size)")
         }
         guard sizeBytes <= UInt64(Int64.max) else {
-            throw CreationError(errno: Errno(rawValue: EFBIG), message: "invalid size \(sizeBytes): too large for a file")
+            throw CreationError(
+                errno: Errno(rawValue: EFBIG), message: "invalid size \(sizeBytes): too large for a file")
         }
     }
 
-    private static func fill(fd: Int32, path: String, sizeBytes: UInt64, preallocation: Preallocation) throws(CreationError) {
+    private static func fill(
+        fd: Int32, path: String, sizeBytes: UInt64, preallocation: Preallocation, progress: ((UInt64) -> Void)?
+    ) throws(CreationError) {
         let size = Int64(sizeBytes)
         switch preallocation {
         case .off:
@@ -132,6 +139,7 @@ package enum ImageCreator {
                         message: "cannot write zeros to \(path) at offset \(offset): no progress")
                 }
                 offset += Int64(n)
+                progress?(UInt64(offset))
             }
         }
     }

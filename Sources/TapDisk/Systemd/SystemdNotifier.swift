@@ -59,31 +59,66 @@ package struct SystemdNotifier: Sendable {
         try Errno.check(clibaio_sd_notify(state)) == 0
     }
 
-    /// The listening socket systemd passed by socket activation, or nil.
+    /// The listening sockets systemd passed by socket activation, told apart by type: the
+    /// control socket is `SOCK_SEQPACKET`, the vhost-user socket `SOCK_STREAM`; a stream socket
+    /// named `nbd` (`FileDescriptorName=nbd`, tapdiskd-nbd@.socket) is the NBD listener instead.
+    package struct ActivatedSockets: Equatable, Sendable {
+        package var control: Int32? = nil
+        package var vhostUser: Int32? = nil
+        package var nbd: Int32? = nil
+
+        package init(control: Int32? = nil, vhostUser: Int32? = nil, nbd: Int32? = nil) {
+            self.control = control
+            self.vhostUser = vhostUser
+            self.nbd = nbd
+        }
+    }
+
+    /// The sockets systemd (or a supervisor doing what systemd does) passed, or nil.
     ///
-    /// Accepted only when the fds are meant for this process (`LISTEN_PID`), there is exactly one
-    /// (`LISTEN_FDS=1`) and fd 3 really is a listening `AF_UNIX` `SOCK_SEQPACKET` socket, so a
-    /// misconfigured unit falls back to `--socket` (or fails there) instead of serving on the
-    /// wrong kind of socket. The variables are then removed so children never believe the fd is
-    /// theirs. Call it at startup, before other threads exist (it modifies the environment).
-    package static func listenedSocket() -> Int32? {
-        guard let fd = activatedSocket(fd: 3, environment: processEnvironment) else { return nil }
+    /// Taking the vhost-user listener from the supervisor is what lets a restart keep the socket
+    /// QEMU reconnects to: the new daemon accepts from the same queue the old one listened on
+    /// (docs/operations.md, "Restarting and upgrading a vhost-user disk"). Accepted only when the
+    /// fds are meant for this process (`LISTEN_PID`), there are one or two (`LISTEN_FDS`) and
+    /// each is a listening `AF_UNIX` socket of a kind not already seen, so a misconfigured unit
+    /// falls back to `--socket`/`--vhost-user-blk` (or fails there) instead of serving on the
+    /// wrong kind of socket. The variables are then removed so children never believe the fds
+    /// are theirs. Call it at startup, before other threads exist (it modifies the environment).
+    package static func listenedSockets() -> ActivatedSockets? {
+        guard let sockets = activatedSockets(firstFD: 3, environment: processEnvironment) else { return nil }
         unsetenv("LISTEN_PID")
         unsetenv("LISTEN_FDS")
         unsetenv("LISTEN_FDNAMES")
-        // systemd hands the fd over without FD_CLOEXEC; nothing we exec should inherit it.
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        return fd
+        // systemd hands the fds over without FD_CLOEXEC; nothing we exec should inherit them.
+        for fd in [sockets.control, sockets.vhostUser, sockets.nbd].compactMap({ $0 }) {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        return sockets
     }
 
-    /// The checks of `listenedSocket()` without side effects, for a given fd (3 in production,
-    /// `SD_LISTEN_FDS_START`) and environment.
-    package static func activatedSocket(fd: Int32, environment: Environment) -> Int32? {
+    /// The checks of `listenedSockets()` without side effects, for fds from `firstFD` (3 in
+    /// production, `SD_LISTEN_FDS_START`) and a given environment.
+    package static func activatedSockets(firstFD: Int32, environment: Environment) -> ActivatedSockets? {
         guard let pidText = environment("LISTEN_PID"), let pid = Int32(pidText), pid == getpid(),
-            environment("LISTEN_FDS") == "1",
-            clibaio_is_seqpacket_listener(fd) == 1
+            let countText = environment("LISTEN_FDS"), let count = Int32(countText), (1...3).contains(count)
         else { return nil }
-        return fd
+        var sockets = ActivatedSockets()
+        let names = environment("LISTEN_FDNAMES")?.split(separator: ":", omittingEmptySubsequences: false) ?? []
+        for fd in firstFD..<(firstFD + count) {
+            let index = Int(fd - firstFD)
+            if index < names.count, names[index] == NBDListenAddress.activationName[...], sockets.nbd == nil,
+                clibaio_is_stream_listener(fd) == 1
+            {
+                sockets.nbd = fd
+                continue
+            }
+            switch clibaio_unix_listener_type(fd) {
+            case Int32(SOCK_SEQPACKET.rawValue) where sockets.control == nil: sockets.control = fd
+            case Int32(SOCK_STREAM.rawValue) where sockets.vhostUser == nil: sockets.vhostUser = fd
+            default: return nil
+            }
+        }
+        return sockets
     }
 
     /// The real process environment.

@@ -15,7 +15,8 @@ struct TopCommand: ParsableCommand {
         discussion: """
             Columns: read and write IOPS and MB/s and the p99 latency (the bound of its histogram \
             bucket, all operations) over the last interval; in-flight and held requests, state, \
-            io-status and front now. LIMIT is always - : there is no QoS yet. A daemon that does not \
+            io-status and front now. LIMIT is the QoS limits in force (none without), followed by * while \
+            a limit holds a request back. A daemon that does not \
             answer within half the interval (at least 100 ms) is a row with state down.
             """
     )

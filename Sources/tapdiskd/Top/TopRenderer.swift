@@ -9,7 +9,8 @@ enum TopRenderer {
     ]
 
     /// The table, one line per row, columns padded to their widest cell (the disk name left
-    /// aligned, numbers right aligned). Unknown values are `-`; the limit is always `-` (no QoS).
+    /// aligned, numbers right aligned). Unknown values are `-`. LIMIT is the limits in force
+    /// (`none` without), with a `*` after them while a limit holds a request back.
     static func table(_ rows: [TopRow]) -> String {
         var cells = [columns]
         for r in rows {
@@ -17,7 +18,7 @@ enum TopRenderer {
                 r.disk, rate(r.readIOPS, scale: 1), rate(r.writeIOPS, scale: 1),
                 rate(r.readBytesPerSecond, scale: 1e6), rate(r.writeBytesPerSecond, scale: 1e6),
                 latency(r.p99Nanos), r.inFlight.map(String.init) ?? "-", r.held.map(String.init) ?? "-", r.state,
-                r.ioStatus ?? "-", r.front ?? "-", "-",
+                r.ioStatus ?? "-", r.front ?? "-", limitCell(r),
             ])
         }
         var widths = [Int](repeating: 0, count: columns.count)
@@ -54,12 +55,19 @@ enum TopRenderer {
             o.set("write-bytes-per-second", r.writeBytesPerSecond.map(JSONValue.double) ?? .null)
             // The bucket bound; a p99 above the last bound (10 s) is `"above-10s"`.
             o.set("p99-ns", r.p99Nanos.map { $0 == .max ? JSONValue.string("above-10s") : .uint($0) } ?? .null)
-            o.set("limit", .null)
+            o.set("limit", r.limit.map(JSONValue.string) ?? .null)
+            o.set("throttled", r.throttled.map(JSONValue.bool) ?? .null)
             if let failure = r.failure { o.set("error", .string(failure)) }
             disks.append(.object(o))
         }
         let sample: JSONValue = ["interval-seconds": .double(intervalSeconds), "disks": .array(disks)]
         return JSONWriter.string(sample) + "\n"
+    }
+
+    /// The LIMIT cell: `-` when unknown, the limits, `*` appended while throttled.
+    static func limitCell(_ r: TopRow) -> String {
+        guard let limit = r.limit else { return "-" }
+        return r.throttled == true ? limit + "*" : limit
     }
 
     /// A rate with one decimal below 100 and none above, `-` when unknown.

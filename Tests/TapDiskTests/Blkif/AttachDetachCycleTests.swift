@@ -33,7 +33,7 @@ import Testing
 
     /// Resident memory of a process in KiB (`VmRSS` of /proc/PID/status).
     static func residentKiB(pid: Int32) -> Int {
-        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let status = ProcFile.read("/proc/\(pid)/status") ?? ""
         let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
         return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
     }

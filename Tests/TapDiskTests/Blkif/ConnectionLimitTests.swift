@@ -108,7 +108,7 @@ import Testing
         defer { unlink(image) }
         let daemon = try DaemonProcess(image: image, launcher: ["prlimit", "--nofile=100:2048"])
         defer { daemon.forceStop() }
-        let limits = try String(contentsOfFile: "/proc/\(daemon.pid)/limits", encoding: .utf8)
+        let limits = try #require(ProcFile.read("/proc/\(daemon.pid)/limits"))
         let line = try #require(limits.split(separator: "\n").first { $0.hasPrefix("Max open files") })
         let numbers = line.split(separator: " ").compactMap { Int($0) }
         #expect(numbers == [2048, 2048], "\(line)")

@@ -107,8 +107,19 @@ struct DaemonENOSPCTests {
         if let failedSectors, let sector { #expect(failedSectors.contains(sector)) }
     }
 
-    @Test func reportAnswersErrorRaisesTheEventAndSetsIOStatus() throws {
-        let rig = try Rig(arguments: ["--on-nospace", "report"])
+    /// The report and pause tests run with and without a QoS limit that holds the writes back
+    /// (issue 17 §2): ENOSPC, pause and events must behave exactly as without one.
+    static let limits: [[String]] = [[], ["--limit", "iops-total=100,bps-total=4M"]]
+
+    /// A limited run's limit did hold writes back (otherwise it proved nothing).
+    static func expectLimitHeld(_ rig: Rig, _ limit: [String]) throws {
+        guard !limit.isEmpty else { return }
+        let delayed = try rig.watcher.call("stats")["counters"]?["throttle-delayed-requests"]?.uint64Value
+        #expect((delayed ?? 0) > 0, "the limit never held a write back")
+    }
+
+    @Test(arguments: limits) func reportAnswersErrorRaisesTheEventAndSetsIOStatus(limit: [String]) throws {
+        let rig = try Rig(arguments: ["--on-nospace", "report"] + limit)
         defer { rig.teardown() }
         let space = try #require(try rig.watcher.call("status")["image-space"]?.objectValue)
         let apparent = try #require(space["apparent-bytes"]?.uint64Value)
@@ -170,11 +181,12 @@ struct DaemonENOSPCTests {
             accounted == after["nospace-errors"],
             "events + suppressed = \(accounted), errors \(after["nospace-errors"])")
         #expect(nospace.count < failed.count, "events were rate-limited")
+        try Self.expectLimitHeld(rig, limit)
         try rig.verifyOkayWritesAfterRemount()
     }
 
-    @Test func pauseHoldsWritesAndResumesByItselfWhenSpaceReturns() throws {
-        let rig = try Rig(arguments: ["--on-nospace", "pause", "--pause-timeout", "0"])
+    @Test(arguments: limits) func pauseHoldsWritesAndResumesByItselfWhenSpaceReturns(limit: [String]) throws {
+        let rig = try Rig(arguments: ["--on-nospace", "pause", "--pause-timeout", "0"] + limit)
         defer { rig.teardown() }
         rig.publishAllWrites()
         var skipped: [JSONObject] = []
@@ -213,6 +225,7 @@ struct DaemonENOSPCTests {
         #expect(c["resubmitted-requests"] >= UInt64(held))
         #expect(c["write-errors"] == c["nospace-errors"] && c["write-errors"] >= UInt64(held))
         #expect(c["responses-okay"] == UInt64(Self.writes) && c["responses-error"] == 0)
+        try Self.expectLimitHeld(rig, limit)
         try rig.verifyOkayWritesAfterRemount()
     }
 

@@ -157,8 +157,8 @@ import Testing
         var a: DiskDriver? = try DiskDriver(socketPath: daemon.socketPath)
         #expect(a!.roundTrip(sector: 0, seed: 1))
         // The daemon's end of a's control connection: the one socket its attach added.
-        // (Polled: /proc/net/unix is read whole and, on a loaded host, the read once came back
-        // without the new socket.)
+        // (Polled, to give the daemon time to accept; `ProcFile` reads /proc/net/unix past its
+        // first page, where a new socket is often listed.)
         var former = Set<UInt64>()
         #expect(
             DaemonTest.waitUntil(seconds: 15) {

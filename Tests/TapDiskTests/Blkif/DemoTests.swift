@@ -67,7 +67,7 @@ import Testing
         // Without QEMU the VM act is skipped, says why, and does not fail the demo.
         #expect(verdict["vm"]?["skipped"]?.stringValue?.contains("qemu-system-x86_64") == true)
         // No mount or loop device is left behind.
-        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        let mounts = ProcFile.read("/proc/mounts") ?? ""
         #expect(!mounts.contains("tapdiskd-demo-"))
     }
 
@@ -90,7 +90,7 @@ import Testing
         #expect(vm["e2fsck-exit"]?.int64Value == 0)
         #expect(vm["first-io-error"]?["errno"]?.stringValue == "ENOSPC")
         #expect(vm["daemon-exit"]?.int64Value == 0)
-        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        let mounts = ProcFile.read("/proc/mounts") ?? ""
         #expect(!mounts.contains("tapdiskd-demo-"))
     }
 

@@ -48,7 +48,7 @@ import Testing
 
     @Test func cpuPinsTheDaemon() throws {
         let daemon = try DaemonProcess(imageBytes: 1 << 20, arguments: ["--cpu", "0"])
-        let status = try String(contentsOfFile: "/proc/\(daemon.pid)/status", encoding: .utf8)
+        let status = try #require(ProcFile.read("/proc/\(daemon.pid)/status"))
         let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
         #expect(line.map { $0.split(separator: "\t").last.map(String.init) } == "0")
     }

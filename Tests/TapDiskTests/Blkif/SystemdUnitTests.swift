@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 
+@testable import TapDisk
+
 /// The shipped units must load cleanly and stay tightly sandboxed. `systemd-analyze` works
 /// offline (no running systemd needed), so this runs in containers and CI too.
 @Suite(.enabled(if: Shell.which("systemd-analyze") != nil, "systemd-analyze not installed"))
@@ -17,8 +19,8 @@ struct SystemdUnitTests {
 
     static var unitDir: String { repoRoot + "/systemd" }
 
-    /// The shipped services: the ring daemon (socket-activated) and the vhost-user-blk one.
-    static let services = ["tapdiskd@.service", "tapdiskd-vhost@.service"]
+    /// The shipped services, all socket-activated: the ring daemon, the vhost-user-blk one and the NBD one.
+    static let services = ["tapdiskd@.service", "tapdiskd-vhost@.service", "tapdiskd-nbd@.service"]
     /// Every unit whose sandbox is scored, the exporter included.
     static let scoredServices = services + ["tapdisk-exporter.service"]
 
@@ -49,11 +51,14 @@ struct SystemdUnitTests {
             )
             .write(toFile: tmp + "/" + name, atomically: true, encoding: .utf8)
         }
-        try FileManager.default.copyItem(atPath: Self.unitDir + "/tapdiskd@.socket", toPath: tmp + "/tapdiskd@.socket")
+        for socket in ["tapdiskd@.socket", "tapdiskd-vhost@.socket", "tapdiskd-nbd@.socket"] {
+            try FileManager.default.copyItem(atPath: Self.unitDir + "/" + socket, toPath: tmp + "/" + socket)
+        }
 
         let r = try Shell.run([
             "systemd-analyze", "verify", "--man=no", tmp + "/tapdiskd@ci.service", tmp + "/tapdiskd@ci.socket",
-            tmp + "/tapdiskd-vhost@ci.service",
+            tmp + "/tapdiskd-vhost@ci.service", tmp + "/tapdiskd-vhost@ci.socket",
+            tmp + "/tapdiskd-nbd@ci.service", tmp + "/tapdiskd-nbd@ci.socket",
         ])
         #expect(r.status == 0, "\(r.stderr)")
         // verify only warns (exit 0) about unknown keys or unparsable values: treat any warning
@@ -90,26 +95,49 @@ struct SystemdUnitTests {
         #expect(service.contains("WatchdogSec="))
     }
 
-    /// QEMU is pointed at the vhost socket and the toolstack at the control socket, both in a
-    /// runtime directory that every disk's instance shares and none may remove; the per-disk
-    /// configuration is the same file the ring daemon's unit reads.
+    /// QEMU is pointed at the vhost socket and the toolstack at the control socket, both held by
+    /// the socket unit (so a restarted daemon takes them over) in a runtime directory that every
+    /// disk's instance shares and none may remove; the per-disk configuration is the same file
+    /// the ring daemon's unit reads.
     @Test func vhostServiceListensWhereQEMUConnects() throws {
+        let socket = try String(contentsOfFile: Self.unitDir + "/tapdiskd-vhost@.socket", encoding: .utf8)
+        for key in [
+            "ListenSequentialPacket=/run/tapdiskd/%i.sock", "ListenStream=/run/tapdiskd/%i.vhost.sock",
+            "SocketMode=0600", "DirectoryMode=0700", "Service=tapdiskd-vhost@%i.service",
+        ] {
+            #expect(socket.contains(key), "\(key)")
+        }
         let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd-vhost@.service", encoding: .utf8)
         let execStart = try #require(service.split(separator: "\n").first { $0.hasPrefix("ExecStart=") })
-        for part in [
-            "--image ${TAPDISK_IMAGE}", "--socket /run/tapdiskd/%i.sock",
-            "--vhost-user-blk /run/tapdiskd/%i.vhost.sock", "$TAPDISK_ARGS",
-        ] {
-            #expect(execStart.contains(part), "\(part)")
-        }
+        #expect(execStart.contains("--image ${TAPDISK_IMAGE}") && execStart.contains("$TAPDISK_ARGS"))
+        // Paths on the command line would make a daemon started without its socket unit create
+        // socket files of its own that the next restart cannot take over.
+        #expect(!execStart.contains("--socket") && !execStart.contains("--vhost-user-blk"), "\(execStart)")
         for key in [
             "Type=notify", "NotifyAccess=main", "Restart=on-failure", "EnvironmentFile=/etc/tapdisk/%i.conf",
             "ConditionPathExists=/etc/tapdisk/%i.conf", "RuntimeDirectory=tapdiskd", "RuntimeDirectoryPreserve=yes",
-            "RestrictAddressFamilies=AF_UNIX", "MemoryDenyWriteExecute=yes",
+            "RestrictAddressFamilies=AF_UNIX", "MemoryDenyWriteExecute=yes", "Requires=tapdiskd-vhost@%i.socket",
         ] {
             #expect(service.contains(key), "\(key)")
         }
-        #expect(!service.contains("Requires=tapdiskd@"), "the vhost unit has no socket unit")
+    }
+
+    /// The NBD socket passes its listener by the name the daemon looks for, and the service gets
+    /// it by activation (no --nbd) while keeping the control socket where the tools look.
+    @Test func nbdUnitsPassTheListenerNamedNBD() throws {
+        let socket = try String(contentsOfFile: Self.unitDir + "/tapdiskd-nbd@.socket", encoding: .utf8)
+        for key in [
+            "ListenStream=/run/tapdiskd/%i.nbd.sock", "FileDescriptorName=\(NBDListenAddress.activationName)\n",
+            "SocketMode=0600", "Service=tapdiskd-nbd@%i.service",
+        ] {
+            #expect(socket.contains(key), "\(key)")
+        }
+        let service = try String(contentsOfFile: Self.unitDir + "/tapdiskd-nbd@.service", encoding: .utf8)
+        let execStart = try #require(service.split(separator: "\n").first { $0.hasPrefix("ExecStart=") })
+        #expect(execStart.contains("--socket /run/tapdiskd/%i.sock") && !execStart.contains("--nbd"))
+        for key in ["Requires=tapdiskd-nbd@%i.socket", "Type=notify", "RestrictAddressFamilies=AF_UNIX"] {
+            #expect(service.contains(key), "\(key)")
+        }
     }
 
     /// The exporter's unit loads cleanly, reads the sockets both daemon units create, and can

@@ -102,6 +102,32 @@ private final class DataPathDriver {
             allocations == 0,
             "\(allocations) heap allocations in \(requests) steady-state \(operation) requests")
     }
+    /// The same under a QoS limit that holds the disk back (issue 17 §2): the check before each
+    /// consumption, the charge, and arming and draining the limit's timer allocate nothing either.
+    @Test(arguments: [BlkifOperation.read, .write])
+    func steadyStateAllocationsUnderALimit(operation: BlkifOperation) throws {
+        try #require(mallocCounterActive, "the malloc counter is not interposed")
+        let depth = 8
+        let d = try DataPathDriver(imageBytes: Self.imageBytes, depth: depth)
+        for start in stride(from: 0, to: Int(d.blocks), by: depth) {
+            d.batch(operation: .write, depth: depth, sequential: UInt64(start))
+        }
+        d.h.engine.setLimits(try ThrottleLimits.parse("iops-total=4000,bps-total=64M"))
+        for _ in 0..<(400 / depth) { d.batch(operation: operation, depth: depth) }
+        let delayedBefore = d.h.engine.throttle.delayedRequests
+        let batches = 4000 / depth
+        let allocations = countAllocations {
+            for _ in 0..<batches { d.batch(operation: operation, depth: depth) }
+        }
+        let delayed = d.h.engine.throttle.delayedRequests - delayedBefore
+        print(
+            "allocations under a limit \(operation) qd\(depth): \(allocations) in \(batches * depth), \(delayed) delayed"
+        )
+        #expect(d.failures == 0)
+        #expect(delayed > 100, "the limit held back only \(delayed) requests")
+        #expect(allocations == 0, "\(allocations) heap allocations in \(batches * depth) limited \(operation) requests")
+    }
+
     /// The same for INDIRECT requests of 64 segments (256 KiB), QD4: the descriptor copy, its
     /// validation and the 64 iovecs use only the table preallocated at attach.
     @Test(arguments: [BlkifOperation.read, .write])

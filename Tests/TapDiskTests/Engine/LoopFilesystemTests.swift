@@ -56,7 +56,7 @@ struct LoopFilesystemTests {
         fs.cleanup()
         fs.cleanup()  // idempotent
         #expect(!LoopFilesystem.isMounted(mountPoint))
-        let procMounts = try String(contentsOfFile: "/proc/mounts", encoding: .utf8)
+        let procMounts = try #require(ProcFile.read("/proc/mounts"))
         #expect(!procMounts.contains(fs.root))
         #expect(!FileManager.default.fileExists(atPath: fs.root))
         let losetup = try Shell.run(["losetup", "-a"])

@@ -472,7 +472,7 @@ struct RealENOSPCTests {
 
     /// After cleanup: the mountpoint is gone from /proc/mounts and the loop device is detached.
     static func leaked(_ fs: LoopFilesystem) -> Bool {
-        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        let mounts = ProcFile.read("/proc/mounts") ?? ""
         let loops = (try? Shell.run(["losetup", "-a"]))?.stdout ?? ""
         return LoopFilesystem.isMounted(fs.mountPoint) || mounts.contains(fs.mountPoint)
             || loops.contains(fs.backingFile)

@@ -28,7 +28,7 @@ extension DaemonTest {
             else { continue }
             held.insert(inode)
         }
-        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return [] }
+        guard let table = ProcFile.read("/proc/net/unix") else { return [] }
         var connected = Set<UInt64>()
         // Num RefCount Protocol Flags Type St Inode [Path]; St 03 = SS_CONNECTED.
         for line in table.split(separator: "\n").dropFirst() {
@@ -69,7 +69,7 @@ extension DaemonTest {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         return tasks.compactMap { task in
             // "NR arg1 arg2 arg3 ... sp pc" while blocked in a system call, "running" otherwise.
-            let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/syscall", encoding: .utf8)) ?? ""
+            let text = ProcFile.read("/proc/\(pid)/task/\(task)/syscall") ?? ""
             let f = text.split(separator: " ")
             guard let nr = f.first else { return nil }
             if nr == ppoll { return -1 }
@@ -80,7 +80,7 @@ extension DaemonTest {
 
     /// CPU time (user + system, seconds) the process has used so far.
     static func cpuSeconds(pid: Int32) -> Double {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        guard let text = ProcFile.read("/proc/\(pid)/stat"),
             let close = text.lastIndex(of: ")")
         else { return 0 }
         let fields = text[text.index(after: close)...].split(separator: " ")
@@ -95,5 +95,29 @@ extension DaemonTest {
         usleep(UInt32(seconds * 1e6))
         let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
         return (cpuSeconds(pid: pid) - before) / elapsed
+    }
+}
+
+extension DaemonTest {
+    /// Context switches (voluntary + nonvoluntary) summed over every thread of `pid`: each time
+    /// a sleeping daemon wakes counts one (`/proc/PID/status` alone covers only the main thread).
+    static func contextSwitches(pid: Int32) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        var total = 0
+        for task in tasks {
+            let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n")
+            where line.hasPrefix("voluntary_ctxt_switches:") || line.hasPrefix("nonvoluntary_ctxt_switches:") {
+                total += Int(line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+        }
+        return total
+    }
+
+    /// The daemon's wake-ups over a `seconds` window (the sleep is the measuring window).
+    static func wakeups(pid: Int32, seconds: Double) -> Int {
+        let before = contextSwitches(pid: pid)
+        usleep(UInt32(seconds * 1e6))
+        return contextSwitches(pid: pid) - before
     }
 }

@@ -163,7 +163,7 @@ final class LoopFilesystem: @unchecked Sendable {
     }
 
     static func mountPoints() -> [String] {
-        guard let text = try? String(contentsOfFile: "/proc/mounts", encoding: .utf8) else { return [] }
+        guard let text = ProcFile.read("/proc/mounts") else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             return fields.count > 1 ? decodeMountField(String(fields[1])) : nil

@@ -11,7 +11,8 @@ import Testing
     static let status = #"""
         {"ok":true,"tag":2,"state":"paused","reason":"nospace","io-status":"nospace","in-flight":3,"held":2,
          "attached":true,"front":"blkif","image-space":{"apparent-bytes":1048576,"allocated-bytes":4096,
-         "fs-free-bytes":0,"overcommit-bytes":1044480},"uptime-seconds":12.5}
+         "fs-free-bytes":0,"overcommit-bytes":1044480},"uptime-seconds":12.5,
+         "limits":{"iops-read":200,"bps-write":10485760,"bps-write-max":20971520},"throttled":true}
         """#
     static let counters = #"""
         "counters":{"read-requests":10,"write-requests":7,"flush-requests":1,"barrier-requests":0,"discard-requests":0,
@@ -20,7 +21,8 @@ import Testing
          "resubmitted-requests":0,"responses-okay":11,"responses-error":2,"responses-eopnotsupp":0,"in-flight":3,
          "held":2,"id-requests":0,"rejections":{"bad-segment":0},"errors-by-errno":{"ENOSPC":2},"control-connections-refused":0,
          "fd-exhaustion-episodes":0,"poll-microseconds":1500000,"poll-hits":5,"poll-misses":9,
-         "paused-seconds":{"operator":0,"nospace":3.5,"io-error":0}}
+         "paused-seconds":{"operator":0,"nospace":3.5,"io-error":0},"throttled-seconds":1.25,
+         "throttle-delayed-requests":7}
         """#
     /// The format of `stats`' `latency` (docs/protocol.md): shared bounds (1-2-5 per decade,
     /// 1 µs to 10 s), per-operation counts per bucket (not cumulative) plus one overflow bucket.

@@ -11,7 +11,7 @@ import Testing
 
     static var binaryDirectory: String { URL(fileURLWithPath: DaemonProcess.binary).deletingLastPathComponent().path }
 
-    @Test(arguments: ["ControlRequestFuzzer", "VhostMessageFuzzer", "VirtqueueFuzzer", "BlkifValidatorFuzzer"])
+    @Test(arguments: ["ControlRequestFuzzer", "VhostMessageFuzzer", "VirtqueueFuzzer", "BlkifValidatorFuzzer", "NBDProtocolFuzzer"])
     func seedCorpusHoldsEveryInvariant(target: String) throws {
         let binary = Self.binaryDirectory + "/" + target
         try #require(

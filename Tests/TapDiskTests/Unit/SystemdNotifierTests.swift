@@ -98,30 +98,65 @@ import Testing
         let dir = String(cString: made)
         defer {
             unlink(dir + "/s")
+            unlink(dir + "/v")
             rmdir(dir)
         }
-        let listener = try Errno.check(clibaio_unix_listen(dir + "/s", 4))
-        defer { close(listener) }
+        let seqpacket = try Errno.check(clibaio_unix_listen(dir + "/s", 4))
+        defer { close(seqpacket) }
+        let stream = try Errno.check(clibaio_stream_listen(dir + "/v", 4))
+        defer { close(stream) }
         let dgram = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(dgram) }
-        let pid = "\(getpid())"
-        func check(_ fd: Int32, _ env: [String: String]) -> Int32? {
-            SystemdNotifier.activatedSocket(fd: fd, environment: { env[$0] })
+        // Activated fds are consecutive: copy each arrangement to free consecutive numbers.
+        func consecutive(_ fds: [Int32]) throws -> Int32 {
+            var base: Int32 = 700
+            while fds.indices.contains(where: { fcntl(base + Int32($0), F_GETFD) >= 0 }) { base += 10 }
+            for (i, fd) in fds.enumerated() { _ = try Errno.check(dup2(fd, base + Int32(i))) }
+            return base
         }
-        #expect(check(listener, ["LISTEN_PID": pid, "LISTEN_FDS": "1"]) == listener)
-        #expect(check(listener, [:]) == nil)
-        #expect(check(listener, ["LISTEN_PID": "\(getpid() + 1)", "LISTEN_FDS": "1"]) == nil)
-        #expect(check(listener, ["LISTEN_PID": pid, "LISTEN_FDS": "2"]) == nil)
-        #expect(check(listener, ["LISTEN_PID": pid]) == nil)
-        #expect(check(dgram, ["LISTEN_PID": pid, "LISTEN_FDS": "1"]) == nil)  // wrong socket type
-        #expect(check(999, ["LISTEN_PID": pid, "LISTEN_FDS": "1"]) == nil)  // not open
+        let pid = "\(getpid())"
+        typealias Sockets = SystemdNotifier.ActivatedSockets
+        func check(_ fds: [Int32], _ env: [String: String]) throws -> Sockets? {
+            let base = try consecutive(fds)
+            defer { for i in fds.indices { close(base + Int32(i)) } }
+            return SystemdNotifier.activatedSockets(firstFD: base, environment: { env[$0] }).map {
+                Sockets(
+                    control: $0.control.map { fds[Int($0 - base)] },
+                    vhostUser: $0.vhostUser.map { fds[Int($0 - base)] },
+                    nbd: $0.nbd.map { fds[Int($0 - base)] })
+            }
+        }
+        let one = ["LISTEN_PID": pid, "LISTEN_FDS": "1"]
+        let two = ["LISTEN_PID": pid, "LISTEN_FDS": "2"]
+        #expect(try check([seqpacket], one) == Sockets(control: seqpacket))
+        #expect(try check([stream], one) == Sockets(vhostUser: stream))
+        // Either order: the type, not the position, says which socket is which.
+        #expect(try check([seqpacket, stream], two) == Sockets(control: seqpacket, vhostUser: stream))
+        #expect(try check([stream, seqpacket], two) == Sockets(control: seqpacket, vhostUser: stream))
+        #expect(try check([seqpacket], [:]) == nil)
+        #expect(try check([seqpacket], ["LISTEN_PID": "\(getpid() + 1)", "LISTEN_FDS": "1"]) == nil)
+        #expect(try check([seqpacket], ["LISTEN_PID": pid]) == nil)
+        #expect(try check([seqpacket, seqpacket], two) == nil)  // two control sockets
+        #expect(try check([stream, stream], two) == nil)  // two vhost-user sockets
+        #expect(try check([seqpacket, stream, stream], ["LISTEN_PID": pid, "LISTEN_FDS": "3"]) == nil)
+        #expect(try check([dgram], one) == nil)  // wrong socket type
+        #expect(try check([seqpacket, dgram], two) == nil)
+        #expect(SystemdNotifier.activatedSockets(firstFD: 999, environment: { one[$0] }) == nil)  // not open
+        // A stream socket named `nbd` (tapdiskd-nbd@.socket) is the NBD listener, not vhost-user's.
+        #expect(try check([stream], one.merging(["LISTEN_FDNAMES": "nbd"]) { $1 }) == Sockets(nbd: stream))
+        let three = ["LISTEN_PID": pid, "LISTEN_FDS": "3", "LISTEN_FDNAMES": "control:vhost:nbd"]
+        #expect(
+            try check([seqpacket, stream, stream], three) == Sockets(control: seqpacket, vhostUser: stream, nbd: stream)
+        )
+        // The name does not make a non-listening or non-stream socket one.
+        #expect(try check([seqpacket], one.merging(["LISTEN_FDNAMES": "nbd"]) { $1 }) == Sockets(control: seqpacket))
     }
 
     /// Without activation variables for this process, the real entry point declines and leaves
     /// the environment alone.
     @Test func listenedSocketWithoutActivation() {
         if getenv("LISTEN_PID") == nil {
-            #expect(SystemdNotifier.listenedSocket() == nil)
+            #expect(SystemdNotifier.listenedSockets() == nil)
         }
     }
 }

@@ -26,12 +26,16 @@ import Testing
         var queueSize = 128
         /// avail->idx and used->idx at set-up (near 65535: the run crosses their wrap).
         var startIndex: UInt16 = 0
+        /// `--limit` (issue 17 §2), or none.
+        var limit: String? = nil
         var testDescription: String {
-            "seed 0x\(String(seed, radix: 16)), \(policy), poll \(pollUs) µs, queue \(queueSize)\(startIndex == 0 ? "" : " from index \(startIndex)")\(roundsPerService.map { ", \($0) round per service" } ?? "")"
+            (limit.map { "limit \($0), " } ?? "")
+                + "seed 0x\(String(seed, radix: 16)), \(policy), poll \(pollUs) µs, queue \(queueSize)\(startIndex == 0 ? "" : " from index \(startIndex)")\(roundsPerService.map { ", \($0) round per service" } ?? "")"
         }
         var arguments: [String] {
             let pause = ["--on-nospace", "pause", "--on-error", "pause", "--pause-timeout", "0"]
             return (policy == "pause" ? pause : ["--on-nospace", "report"]) + ["--poll-us", "\(pollUs)"]
+                + (limit.map { ["--limit", $0] } ?? [])
         }
     }
 
@@ -44,6 +48,7 @@ import Testing
         Case(seed: 0x5eed_0006, policy: "report", pollUs: 50, roundsPerService: 1, queueSize: 256),
         Case(seed: 0x5eed_0007, policy: "report", pollUs: 0, queueSize: 64, startIndex: 0xFFFF - 699),
         Case(seed: 0x5eed_0008, policy: "pause", pollUs: 50, queueSize: 256),
+        Case(seed: 0x5eed_0009, policy: "pause", pollUs: 0, limit: "iops-read=150,iops-write=150,bps-total=4M"),
     ]
 
     /// The image with its first MiB patterned, and the model of it.
@@ -189,6 +194,10 @@ import Testing
         #expect(frontend.overAnswered.isEmpty, "heads answered twice: \(frontend.overAnswered)")
         let stats = try DaemonTest.stats(control)
         try expectReconciled(stats, run)
+        if c.limit != nil {
+            let delayed = try control.call("stats")["counters"]?["throttle-delayed-requests"]?.uint64Value
+            #expect((delayed ?? 0) > 0, "the limit never held a chain back")
+        }
 
         // The daemon drains, goes idle and exits; then the image must hold every OK WRITE.
         frontend.disconnect()

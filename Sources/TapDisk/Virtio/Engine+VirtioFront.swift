@@ -8,26 +8,26 @@ import Glibc
 /// `VirtioBlkRequest.classify` judges the copied header against the disk.
 ///
 /// Every popped head gets exactly one used entry: malformed and rejected chains here, at once;
-/// everything else through `finish`.
+/// everything else through `finish`, whose `Completion` becomes a status byte (the errno is
+/// counted, not sent). Its state is `Engine.virtio` (VirtioFront.swift).
 extension Engine {
     /// A vhost-user front-end connected: its messages go to `handleVhostMessage`, and its
     /// virtqueue is served once the messages have set it up and enabled it.
     package func attachVirtio(_ configuration: VhostUserDeviceConfiguration) throws(AttachError) {
         guard !isAttached else { throw .alreadyAttached }
-        vhost = VhostUserDevice(configuration: configuration)
-        virtioDisk = configuration.disk
-        virtioSegments = min(configuration.iovecCapacity, RequestTable.segmentsPerRequest)
+        virtio.device = VhostUserDevice(configuration: configuration)
+        virtio.disk = configuration.disk
+        virtio.segments = min(configuration.iovecCapacity, RequestTable.segmentsPerRequest)
         bounceAlignment = image.cache.usesDirectIO ? Int(geometry.sectorSize) : 0
         bounceCapacity = Int(configuration.maxChainBytes)
         table = RequestTable(capacity: Int(configuration.maxQueueSize))
         front = .virtio
         isAttached = true
         kickFD = -1
-        notifyFD = -1
         attachGeneration &+= 1
         barrierIndex = nil
         frontStopped = false
-        brokenQueueStart = nil
+        virtio.brokenQueueStart = nil
         setState(.running)
     }
 
@@ -40,7 +40,7 @@ extension Engine {
     /// no kick will announce.
     package func handleVhostMessage(_ message: consuming VhostUserMessage) throws(VhostUserDeviceError) -> [UInt8]? {
         defer {
-            let kick = vhost.kickDescriptor ?? -1
+            let kick = virtio.device.kickDescriptor ?? -1
             if kick != kickFD {
                 kickFD = kick
                 attachGeneration &+= 1
@@ -48,13 +48,15 @@ extension Engine {
             // A ring broken by the guest halted the disk; a ring set up anew (QEMU does so when
             // the guest resets its driver or reboots) is served again, as a blkif frontend is
             // after a new attach.
-            if state == .halted, let broken = brokenQueueStart, vhost.queueStarts != broken, vhost.isRunning {
-                brokenQueueStart = nil
+            if state == .halted, let broken = virtio.brokenQueueStart, virtio.device.queueStarts != broken,
+                virtio.device.isRunning
+            {
+                virtio.brokenQueueStart = nil
                 setState(.running)
             }
             service()
         }
-        return try vhost.handle(message)
+        return try virtio.device.handle(message)
     }
 
     /// Stops taking chains so a message that stops or remaps the ring can wait for the drain
@@ -73,20 +75,20 @@ extension Engine {
     }
 
     func consumeVirtqueue() {
-        let capacity = virtioSegments
+        let capacity = virtio.segments
         // One queue's worth per call at most: the queue size bounds what the guest can post.
         var budget = table.capacity
         while budget > 0 && canConsume {
             budget -= 1
             guard let index = table.allocate() else { return }
             let storage = table.sourceStorage(index, count: capacity)
-            switch vhost.pop(into: storage) {
+            switch virtio.device.pop(into: storage) {
             case .empty:
                 table.release(index)
                 return
             case .broken(let fault):
                 table.release(index)
-                brokenQueueStart = vhost.queueStarts
+                virtio.brokenQueueStart = virtio.device.queueStarts
                 halt("virtqueue: \(fault)")
                 return
             case .malformed(let head, _, let status):
@@ -103,7 +105,8 @@ extension Engine {
 
     private func start(_ chain: VirtqueueChain, index: Int, storage: UnsafeMutableBufferPointer<iovec>) {
         let id = UInt64(chain.head)
-        switch VirtioBlkRequest.classify(chain, storage: storage, disk: virtioDisk) {
+        let tag = UInt64(UInt(bitPattern: chain.status))
+        switch VirtioBlkRequest.classify(chain, storage: storage, disk: virtio.disk) {
         case .reject(let status, _):
             table.release(index)
             if status == .unsupported {
@@ -118,32 +121,32 @@ extension Engine {
             counters.idRequests += 1
             let written = copySerial(
                 into: storage, from: chain.readableSegments, count: chain.writableSegments, max: bytes)
-            answerHead(chain.head, .okay, statusByte: chain.status, writtenBytes: UInt32(written) + 1)
+            answerHead(chain.head, .ok, statusByte: chain.status, writtenBytes: UInt32(written) + 1)
         case .read(let sector, let bytes), .write(let sector, let bytes):
             let operation: DiskOperation = chain.type == VirtioBlkType.read ? .read : .write
             countRequest(operation)
             begin(
                 index,
                 RequestRecord(
-                    id: id, operation: operation, sector: sector, segmentCount: chain.segmentCount,
-                    dataBytes: Int(bytes), status: chain.status,
+                    id: id, tag: tag, operation: operation, sector: sector, segmentCount: chain.segmentCount,
+                    dataBytes: Int(bytes),
                     bounced: !isAligned(storage, count: chain.segmentCount)))
         case .flush:
             countRequest(.flush)
-            begin(index, RequestRecord(id: id, operation: .flush, status: chain.status))
+            begin(index, RequestRecord(id: id, tag: tag, operation: .flush))
         case .discard(let sector, let sectors):
             countRequest(.discard)
             begin(
                 index,
                 RequestRecord(
-                    id: id, operation: .discard, sector: sector, rangeSectors: UInt64(sectors), status: chain.status))
+                    id: id, tag: tag, operation: .discard, sector: sector, rangeSectors: UInt64(sectors)))
         case .writeZeroes(let sector, let sectors, let unmap):
             countRequest(.writeZeroes)
             begin(
                 index,
                 RequestRecord(
-                    id: id, operation: unmap ? .discard : .writeZeroes, sector: sector, rangeSectors: UInt64(sectors),
-                    status: chain.status))
+                    id: id, tag: tag, operation: unmap ? .discard : .writeZeroes, sector: sector,
+                    rangeSectors: UInt64(sectors)))
         }
     }
 
@@ -164,7 +167,7 @@ extension Engine {
     private func copySerial(
         into storage: UnsafeMutableBufferPointer<iovec>, from first: Int, count: Int, max: UInt64
     ) -> Int {
-        let serial = vhost.configuration.serial
+        let serial = virtio.device.configuration.serial
         let total = Swift.min(Int(Swift.min(max, UInt64(VirtioBlkType.idBytes))), serial.count)
         var done = 0
         serial.withUnsafeBytes { src in
@@ -178,30 +181,43 @@ extension Engine {
         return done
     }
 
-    /// A record's answer on the virtqueue: OK only when every byte moved.
+    /// The finish switch's virtio case: the record's head (`id`) and status byte (`tag`, its
+    /// address); OK only when every byte moved.
     @inline(__always)
-    func answerChain(_ record: RequestRecord, status: BlkifStatus) {
-        let written: UInt32 = status == .okay && record.operation == .read ? UInt32(record.dataBytes) + 1 : 1
-        answerHead(UInt16(truncatingIfNeeded: record.id), status, statusByte: record.status, writtenBytes: written)
+    func answerChain(_ record: RequestRecord, _ completion: Completion) {
+        let status = completion.status
+        let written: UInt32 = status == .ok && record.operation == .read ? UInt32(record.dataBytes) + 1 : 1
+        answerHead(
+            UInt16(truncatingIfNeeded: record.id), status,
+            statusByte: UnsafeMutablePointer(bitPattern: UInt(truncatingIfNeeded: record.tag)), writtenBytes: written)
+    }
+
+    /// The front-has-requests switch's virtio case (with `arm`, the enable-notification re-check).
+    @inline(__always)
+    func virtqueueHasRequests(arm: Bool) -> Bool {
+        arm ? virtio.device.enableNotifications() : virtio.device.hasAvailable
+    }
+
+    /// The push switch's virtio case: interrupts the guest if it asked for it.
+    @inline(__always)
+    func notifyVirtqueue() { virtio.device.notifyIfNeeded() }
+
+    /// The detach switch's virtio case: drops the eventfds, the queue and then guest memory
+    /// (nothing points into it now). A virtqueue has no `req_cons` to report: 0.
+    func detachVirtqueue() -> UInt32 {
+        virtio.device = VhostUserDevice(configuration: virtio.device.configuration)
+        return 0
     }
 
     /// The only code that writes a virtio status byte and a used entry. Exactly one call per
     /// popped head.
     @inline(__always)
     func answerHead(
-        _ head: UInt16, _ status: BlkifStatus, statusByte: UnsafeMutablePointer<UInt8>?, writtenBytes: UInt32
+        _ head: UInt16, _ status: Completion.Status, statusByte: UnsafeMutablePointer<UInt8>?, writtenBytes: UInt32
     ) {
         countResponse(status)
-        if let statusByte {
-            let byte: VirtioBlkStatus =
-                switch status {
-                case .okay: .ok
-                case .error: .ioError
-                case .notSupported: .unsupported
-                }
-            byte.write(to: statusByte)
-        }
-        if !vhost.complete(head: head, writtenBytes: writtenBytes) {
+        if let statusByte { VirtioBlkStatus(status).write(to: statusByte) }
+        if !virtio.device.complete(head: head, writtenBytes: writtenBytes) {
             // The head was not in flight: an engine bug, never guest input. Stop serving rather
             // than go on with the queue and the records out of step.
             halt("virtqueue: head \(head) answered but not in flight")
