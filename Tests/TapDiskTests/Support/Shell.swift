@@ -59,21 +59,59 @@ enum Shell {
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        // Both pipes are drained until the tool has exited and its pipe is empty, not until end of
+        // file: another test's child spawned while these pipes were open (QEMU, a daemon, a
+        // script) inherits their write ends and would hold off end of file for as long as it
+        // lives. In a whole-suite run, qemu-io and nbdinfo calls that take 0.2 s waited 211 s
+        // that way, until a guest test's children exited.
+        let exited = ExitFlag()
+        let outBox = DataBox()
         let errBox = DataBox()
-        let reader = Thread {
-            errBox.data = err.fileHandleForReading.readDataToEndOfFile()
-            errBox.done.signal()
+        for (pipe, box) in [(out, outBox), (err, errBox)] {
+            let fd = pipe.fileHandleForReading.fileDescriptor
+            Thread {
+                box.data = drain(fd, until: exited)
+                box.done.signal()
+            }.start()
         }
-        reader.start()
         let killer = DispatchWorkItem { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
         if let timeoutSeconds { DispatchQueue.global().asyncAfter(deadline: .now() + timeoutSeconds, execute: killer) }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        errBox.done.wait()
         process.waitUntilExit()
+        exited.set()
+        outBox.done.wait()
+        errBox.done.wait()
         killer.cancel()
         let status =
             process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-        return (status, String(decoding: outData, as: UTF8.self), String(decoding: errBox.data, as: UTF8.self))
+        return (status, String(decoding: outBox.data, as: UTF8.self), String(decoding: errBox.data, as: UTF8.self))
+    }
+
+    /// Reads `fd` until end of file, or until `exited` is set and 50 ms pass without data.
+    private static func drain(_ fd: Int32, until exited: ExitFlag) -> Data {
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, 50)
+            if ready > 0 {
+                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    data.append(contentsOf: chunk[0..<n])
+                    continue
+                }
+                if n < 0 && errno == EINTR { continue }
+                return data  // end of file, or an error
+            }
+            if ready < 0 && errno == EINTR { continue }
+            if exited.isSet { return data }
+        }
+    }
+
+    private final class ExitFlag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = false
+        var isSet: Bool { lock.withLock { value } }
+        func set() { lock.withLock { value = true } }
     }
 
     /// Like `run`, but a non-zero exit status is an error carrying stderr.
