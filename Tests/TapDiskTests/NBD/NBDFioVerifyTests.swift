@@ -24,7 +24,8 @@ struct NBDFioVerifyTests {
         let start = MonotonicClock.nanoseconds()
         var argv = [
             "fio", "--name=verify", "--ioengine=nbd", "--uri=\(server.uri)", "--rw=randwrite", "--iodepth=32",
-            "--size=32M", "--verify=crc32c", "--do_verify=1", "--randseed=7", "--output-format=json",
+            "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_state_save=0", "--randseed=7",
+            "--output-format=json",
             "--output=\(output)",
         ]
         argv.append(blockSize.contains("-") ? "--bsrange=\(blockSize)" : "--bs=\(blockSize)")
