@@ -74,19 +74,12 @@ struct DemoNBDAct {
         )
         try Self.writeGuestScript(to: script)
         let start = MonotonicClock.nanoseconds()
-        let daemon = try Subprocess.spawn(
+        let daemon = try DemoChild(
             [
                 DemoScenario.selfExecutable, "serve", "--image", image, "--socket", control, "--nbd", "unix:" + nbd,
                 "--on-nospace", "report", "--log-level", "notice",
             ],
             logPath: filesystem.directory + "/tapdiskd-nbd-vm.log")
-        var daemonRunning = true
-        defer {
-            if daemonRunning {
-                kill(daemon, SIGKILL)
-                _ = Subprocess.wait(daemon, timeoutSeconds: 10)
-            }
-        }
         let toolstack = try DemoScenario.connect(control, daemon: daemon)
         try toolstack.call("subscribe")
         guard access(nbd, F_OK) == 0 else {
@@ -104,21 +97,13 @@ struct DemoNBDAct {
             unsetenv("TAPDISK_GUEST_WERROR")
             unsetenv("TAPDISK_GUEST_QMP")
         }
-        let guest = try Subprocess.spawn([guestScript, "run-nbd", nbd, script], logPath: console)
-        var guestRunning = true
-        defer {
-            if guestRunning {
-                kill(guest, SIGKILL)
-                _ = Subprocess.wait(guest, timeoutSeconds: 10)
-            }
-        }
+        let guest = try DemoChild([guestScript, "run-nbd", nbd, script], logPath: console)
         var qmp: QMPClient? = nil
         var stoppedAt: UInt64? = nil
         while true {
             if demoInterrupted.load(ordering: .relaxed) { throw DemoScenario.Failure(description: "interrupted") }
-            if let status = Subprocess.wait(guest, timeoutSeconds: 0) {
+            if let status = guest.wait(timeoutSeconds: 0) {
                 result.guestExit = status
-                guestRunning = false
                 break
             }
             if qmp == nil, access(qmpPath, F_OK) == 0 { qmp = try? QMPClient(socketPath: qmpPath) }
@@ -161,9 +146,7 @@ struct DemoNBDAct {
         Self.parseConsole(Subprocess.readFile(console), into: &result)
         result.countersAfter = try toolstack.call("stats")["counters"]?.objectValue ?? [:]
         for event in toolstack.drainQueuedEvents() { note(event, &result) }
-        kill(daemon, SIGTERM)
-        result.daemonExit = Subprocess.wait(daemon, timeoutSeconds: 30) ?? -1
-        daemonRunning = false
+        result.daemonExit = daemon.terminate(timeoutSeconds: 30)
         result.seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
         describeGuest(result, console: console)
         try filesystem.remount()

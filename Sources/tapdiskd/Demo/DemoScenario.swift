@@ -65,19 +65,12 @@ struct DemoScenario {
         } catch {
             throw Failure(description: error.message)
         }
-        let daemon = try Subprocess.spawn(
+        let daemon = try DemoChild(
             [
                 Self.selfExecutable, "--image", imagePath, "--socket", socketPath, "--on-nospace", policy,
                 "--pause-timeout", "0", "--log-level", "notice",
             ],
             logPath: logPath)
-        var daemonRunning = true
-        defer {
-            if daemonRunning {
-                kill(daemon, SIGKILL)
-                _ = Subprocess.wait(daemon, timeoutSeconds: 10)
-            }
-        }
         let toolstack = try Self.connect(socketPath, daemon: daemon)
         try toolstack.call("subscribe")
         let disk = try RemoteDisk(socketPath: socketPath, pageOrder: 4, dataPages: queueDepth * Self.pagesPerRequest)
@@ -87,9 +80,7 @@ struct DemoScenario {
         result.countersAfter = try toolstack.call("stats")["counters"]?.objectValue ?? [:]
         result.resubmitted = result.countersAfter["resubmitted-requests"]?.uint64Value ?? 0
         for event in toolstack.drainQueuedEvents() { note(event, &result) }
-        kill(daemon, SIGTERM)
-        result.daemonExit = Subprocess.wait(daemon, timeoutSeconds: 30) ?? -1
-        daemonRunning = false
+        result.daemonExit = daemon.terminate(timeoutSeconds: 30)
         try filesystem.remount()
         try verify(&result, acknowledged: acknowledged)
         return result
@@ -101,11 +92,11 @@ struct DemoScenario {
         return n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "tapdiskd"
     }
 
-    static func connect(_ socket: String, daemon: pid_t) throws -> ControlClient {
+    static func connect(_ socket: String, daemon: DemoChild) throws -> ControlClient {
         for _ in 0..<500 {
             if demoInterrupted.load(ordering: .relaxed) { throw Failure(description: "interrupted") }
             if let c = try? ControlClient(socketPath: socket) { return c }
-            if Subprocess.wait(daemon, timeoutSeconds: 0) != nil {
+            if daemon.wait(timeoutSeconds: 0) != nil {
                 throw Failure(description: "tapdiskd exited at startup")
             }
             usleep(20_000)

@@ -66,19 +66,12 @@ struct DemoVMAct {
         )
         try Self.writeGuestScript(to: script)
         let start = MonotonicClock.nanoseconds()
-        let daemon = try Subprocess.spawn(
+        let daemon = try DemoChild(
             [
                 DemoScenario.selfExecutable, "--image", image, "--socket", control, "--vhost-user-blk", vhost,
                 "--on-nospace", "report", "--log-level", "notice",
             ],
             logPath: filesystem.directory + "/tapdiskd-vm.log")
-        var daemonRunning = true
-        defer {
-            if daemonRunning {
-                kill(daemon, SIGKILL)
-                _ = Subprocess.wait(daemon, timeoutSeconds: 10)
-            }
-        }
         let toolstack = try DemoScenario.connect(control, daemon: daemon)
         try toolstack.call("subscribe")
         guard access(vhost, F_OK) == 0 else {
@@ -88,19 +81,11 @@ struct DemoVMAct {
             "  tapdiskd --on-nospace report --vhost-user-blk \(vhost); QEMU boots the guest (TCG, about 10 s)")
         // guest.sh kills QEMU after this long; the demo must end even if the guest hangs.
         setenv("TAPDISK_GUEST_TIMEOUT", "150", 1)
-        let guest = try Subprocess.spawn([guestScript, "run", vhost, script], logPath: console)
-        var guestRunning = true
-        defer {
-            if guestRunning {
-                kill(guest, SIGKILL)
-                _ = Subprocess.wait(guest, timeoutSeconds: 10)
-            }
-        }
+        let guest = try DemoChild([guestScript, "run", vhost, script], logPath: console)
         while true {
             if demoInterrupted.load(ordering: .relaxed) { throw DemoScenario.Failure(description: "interrupted") }
-            if let status = Subprocess.wait(guest, timeoutSeconds: 0) {
+            if let status = guest.wait(timeoutSeconds: 0) {
                 result.guestExit = status
-                guestRunning = false
                 break
             }
             while let event = try toolstack.nextEvent(timeoutMilliseconds: 100) { note(event, &result) }
@@ -109,9 +94,7 @@ struct DemoVMAct {
         result.statusAfter = try toolstack.call("status")
         result.countersAfter = try toolstack.call("stats")["counters"]?.objectValue ?? [:]
         for event in toolstack.drainQueuedEvents() { note(event, &result) }
-        kill(daemon, SIGTERM)
-        result.daemonExit = Subprocess.wait(daemon, timeoutSeconds: 30) ?? -1
-        daemonRunning = false
+        result.daemonExit = daemon.terminate(timeoutSeconds: 30)
         result.seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
         describeGuest(result, console: console)
         // What survives an unmount of the host filesystem was on disk, not in a cache.
