@@ -59,7 +59,10 @@ import Testing
     /// No inotify instance left (a user namespace whose `max_inotify_instances` is 0, as on a
     /// host with more file-backed daemons than `fs.inotify.max_user_instances`): the daemon says
     /// so and polls the size every 500 ms, so a resize is still seen within a second.
-    @Test(.enabled(if: getuid() == 0 && Shell.which("unshare") != nil))
+    @Test(
+        .enabled(
+            if: getuid() == 0 && Shell.which("unshare") != nil,
+            "needs root and unshare (util-linux) for a user namespace"))
     func withoutInotifyTheSizeIsPolled() throws {
         let image = try DaemonTest.image(bytes: 16 << 20)
         defer { unlink(image) }
@@ -81,7 +84,10 @@ import Testing
 
     /// A block device served from a user namespace other than the initial one: kernel uevents
     /// would not arrive there, so the daemon polls its size instead, and a resize is still seen.
-    @Test(.enabled(if: getuid() == 0 && Shell.which("unshare") != nil))
+    @Test(
+        .enabled(
+            if: getuid() == 0 && Shell.which("unshare") != nil,
+            "needs root and unshare (util-linux) for a user namespace"))
     func blockDeviceInAUserNamespaceIsPolled() throws {
         let backing = try DaemonTest.image(bytes: 8 << 20)
         defer { unlink(backing) }
