@@ -48,34 +48,17 @@ final class NBDGuestRig {
         script: String, name: String, werror: String, timeoutSeconds: Int = 150,
         poll: (GuestConsole, QMPClient?) -> Void = { _, _ in }
     ) throws -> VhostUserGuestRig.GuestRun {
-        let scriptPath = server.directory + "/\(name).sh"
-        let consolePath = server.directory + "/\(name).console"
-        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
-        _ = FileManager.default.createFile(atPath: consolePath, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: consolePath))
-        defer { try? handle.close() }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
-            "TAPDISK_GUEST_TIMEOUT=\(timeoutSeconds)", "TAPDISK_GUEST_WERROR=\(werror)",
-            "TAPDISK_GUEST_QMP=\(qmpSocket)", "stdbuf", "-oL", NBDClientTools.script("guest.sh"), "run-nbd",
-            server.socketPath, scriptPath,
-        ]
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        let start = MonotonicClock.nanoseconds()
-        try process.run()
-        let read = { GuestConsole(text: (try? String(contentsOfFile: consolePath, encoding: .utf8)) ?? "") }
         var qmp: QMPClient? = nil
-        while process.isRunning {
+        return try VhostUserGuestRig.bootGuest(
+            script: script, name: name, directory: server.directory,
+            environment: [
+                "TAPDISK_GUEST_TIMEOUT=\(timeoutSeconds)", "TAPDISK_GUEST_WERROR=\(werror)",
+                "TAPDISK_GUEST_QMP=\(qmpSocket)",
+            ],
+            guestArguments: ["run-nbd", server.socketPath]
+        ) { console in
             if qmp == nil, access(qmpSocket, F_OK) == 0 { qmp = try? QMPClient(socketPath: qmpSocket) }
-            poll(read(), qmp)
-            usleep(50_000)
+            poll(console, qmp)
         }
-        process.waitUntilExit()
-        return VhostUserGuestRig.GuestRun(
-            status: process.terminationStatus, console: read(),
-            seconds: Double(MonotonicClock.nanoseconds() - start) / 1e9)
     }
 }

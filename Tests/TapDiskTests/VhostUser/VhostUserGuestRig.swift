@@ -104,18 +104,31 @@ final class VhostUserGuestRig {
     func boot(
         script: String, name: String, timeoutSeconds: Int = 120, poll: (GuestConsole) -> Void = { _ in }
     ) throws -> GuestRun {
-        let scriptPath = daemon.directory + "/\(name).sh"
-        let consolePath = daemon.directory + "/\(name).console"
+        try Self.bootGuest(
+            script: script, name: name, directory: daemon.directory,
+            environment: ["TAPDISK_GUEST_TIMEOUT=\(timeoutSeconds)"], guestArguments: ["run", vhostSocket],
+            poll: poll)
+    }
+
+    /// Runs `scripts/guest.sh GUESTARGUMENTS SCRIPTPATH` with `environment` and `script` written
+    /// under `directory`, polling `poll` every 50 ms with the console so far until it exits. The
+    /// vhost-user and the NBD rigs (NBDGuestRig) boot the same guest this way.
+    static func bootGuest(
+        script: String, name: String, directory: String, environment: [String], guestArguments: [String],
+        poll: (GuestConsole) -> Void
+    ) throws -> GuestRun {
+        let scriptPath = directory + "/\(name).sh"
+        let consolePath = directory + "/\(name).console"
         try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: consolePath, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: consolePath))
         defer { try? handle.close() }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
-            "TAPDISK_GUEST_TIMEOUT=\(timeoutSeconds)", "stdbuf", "-oL",
-            VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh").path, "run", vhostSocket, scriptPath,
-        ]
+        process.arguments =
+            environment + [
+                "stdbuf", "-oL", VhostUserGuest.repository.appendingPathComponent("scripts/guest.sh").path,
+            ] + guestArguments + [scriptPath]
         process.standardOutput = handle
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice
