@@ -75,6 +75,53 @@ struct NBDRealENOSPCTests {
                 + " filler deleted -> \(second); \(NBDQemuToolTests.ms(since: start)) ms")
     }
 
+    /// `--on-nospace pause` over NBD: the same write is held, not answered, while the filesystem
+    /// is full (the disk pauses, `held` > 0, the client has no reply yet); once the filler is
+    /// deleted the daemon resumes by itself and the client's one write completes OK and reads
+    /// back. No error ever reaches the client.
+    @Test(.enabled(if: NBDServerProcess.underTest == .tapdiskd, "the pause policy is tapdiskd's"))
+    func underThePausePolicyTheWriteIsHeldThenLandsOnceSpaceIsFreed() throws {
+        let fs = try LoopFilesystem(sizeMiB: 16)
+        defer { fs.cleanup() }
+        let image = fs.path("disk.img")
+        try NBDClientTools.makeSparseImage(image, size: 64 << 20, data: [], seed: 0)
+        _ = try fs.fill(leaving: 1 << 20)
+        let server = try NBDServerProcess(
+            image: image, arguments: ["--on-nospace", "pause", "--pause-timeout", "0"])
+        defer { server.forceStop() }
+        let control = try #require(try server.daemon?.client())
+        let once = Self.client.replacingOccurrences(
+            of:
+                "print(\"FIRST\", attempt(), flush=True)\nsys.stdin.readline()\nprint(\"SECOND\", attempt(), flush=True)",
+            with: "print(\"FIRST\", attempt(), flush=True)")
+        #expect(once != Self.client)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: NBDClientTools.python)
+        process.arguments = ["-c", once, server.uri]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        var status: JSONObject = [:]
+        #expect(
+            DaemonTest.waitUntil(seconds: 30) {
+                status = (try? control.call("status")) ?? [:]
+                return status["state"] == .string("paused") && (status["held"]?.int64Value ?? 0) > 0
+            }, "the disk did not pause with writes held: \(status)")
+        var p = pollfd(fd: output.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&p, 1, 0) == 0, "the client got an answer while its write was held")
+        fs.removeFiller()
+        let first = Self.readLine(output.fileHandleForReading)
+        #expect(first == "FIRST OK", "after freeing space: \(first)")
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let c = try DaemonTest.stats(control)
+        #expect(c["resubmitted-requests"] > 0 && c["responses-error"] == 0, "\(c.values)")
+        #expect(server.stop() == 0, "\(server.log.suffix(2000))")
+    }
+
     /// One line (without the newline) from the client, or what it printed before dying.
     static func readLine(_ handle: FileHandle) -> String {
         var bytes: [UInt8] = []
